@@ -1,0 +1,184 @@
+// Thin, typed bindings to the libc calls minivmm needs, through ffi-rs.
+// Every failure throws SyscallError naming the call and the errno, e.g.
+// "KVM_CREATE_VM failed: EACCES (Permission denied)".
+import ffi from 'ffi-rs';
+import { constants } from 'node:os';
+
+const { DataType: T } = ffi;
+ffi.open({ library: 'libc', path: '' });
+
+const errnoNames = new Map<number, string>();
+for (const [name, num] of Object.entries(constants.errno)) {
+  if (!errnoNames.has(num)) errnoNames.set(num, name);
+}
+export const errnoName = (errno: number): string => errnoNames.get(errno) ?? `errno ${errno}`;
+
+export class SyscallError extends Error {
+  readonly code: string;
+  constructor(readonly call: string, readonly errno: number, description?: string) {
+    const code = errnoName(errno);
+    const text = (description ?? '').replace(/ \(os error \d+\)$/, '');
+    super(`${call} failed: ${code}${text ? ` (${text})` : ''}`);
+    this.code = code;
+  }
+}
+
+type Param = ffi.DataType;
+interface Raw { value: number; errnoCode: number; errnoMessage: string }
+
+/**
+ * Call a libc function that returns -1 and sets errno on failure. `label` names it in errors.
+ * int-returning functions must be read as I32: the upper half of rax is not defined for them.
+ */
+function sys(label: string, funcName: string, paramsType: Param[], paramsValue: unknown[], retType: Param = funcName === 'syscall' ? T.I64 : T.I32): number {
+  let r: Raw;
+  try {
+    r = ffi.load({ library: 'libc', funcName, retType, paramsType, paramsValue, errno: true }) as unknown as Raw;
+  } catch (e) {
+    // ffi-rs throws an empty-message error on a wrong argument type: say which call.
+    throw new Error(`${label}: bad arguments (${(e as Error).message || 'type mismatch'})`);
+  }
+  if (r.value === -1) throw new SyscallError(label, r.errnoCode, r.errnoMessage);
+  return r.value;
+}
+
+/** A libc call that cannot fail (or whose failure we don't care about). */
+function plain(funcName: string, paramsType: Param[], paramsValue: unknown[], retType: Param = T.I64): number {
+  return ffi.load({ library: 'libc', funcName, retType, paramsType, paramsValue }) as unknown as number;
+}
+
+// ---- constants (x86-64) ----
+export const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200,
+  O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000, O_DIRECT = 0o40000;
+export const PROT_READ = 1, PROT_WRITE = 2;
+export const MAP_SHARED = 1, MAP_PRIVATE = 2, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
+export const MFD_CLOEXEC = 1, MFD_ALLOW_SEALING = 2;
+export const F_GETFD = 1, F_SETFD = 2, F_GETFL = 3, F_SETFL = 4, FD_CLOEXEC = 1, F_ADD_SEALS = 1033, F_GET_SEALS = 1034;
+export const F_SEAL_SEAL = 1, F_SEAL_SHRINK = 2, F_SEAL_GROW = 4, F_SEAL_WRITE = 8;
+export const EFD_CLOEXEC = 0o2000000, EFD_NONBLOCK = 0o4000;
+export const SIGUSR2 = 12, SIGTERM = 15, SIGKILL = 9;
+const SYS_gettid = 186, SYS_tgkill = 234, SYS_pidfd_open = 434, SYS_pidfd_getfd = 438,
+  SYS_memfd_create = 319, SYS_process_vm_readv = 310, SYS_process_vm_writev = 311, SYS_prlimit64 = 302;
+
+// ---- files ----
+export const open = (path: string, flags: number, mode = 0): number =>
+  sys(`open(${path})`, 'open', [T.String, T.I32, T.I32], [path, flags, mode]);
+export const close = (fd: number): void => { sys('close', 'close', [T.I32], [fd]); };
+export const dup = (fd: number): number => sys('dup', 'dup', [T.I32], [fd]);
+export const dup3 = (oldfd: number, newfd: number, flags: number): number =>
+  sys('dup3', 'dup3', [T.I32, T.I32, T.I32], [oldfd, newfd, flags]);
+/** write(2) of a whole Buffer in one call (a vhost IOTLB message must be one write). */
+export const write = (label: string, fd: number, buf: Buffer): number =>
+  sys(label, 'write', [T.I32, T.U8Array, T.U64], [fd, buf, buf.length], T.I64);
+export const read = (label: string, fd: number, buf: Buffer): number =>
+  sys(label, 'read', [T.I32, T.U8Array, T.U64], [fd, buf, buf.length], T.I64);
+export const fcntl = (fd: number, cmd: number, arg = 0): number =>
+  sys('fcntl', 'fcntl', [T.I32, T.I32, T.I64], [fd, cmd, arg]);
+export const ftruncate = (fd: number, length: number): void => {
+  sys('ftruncate', 'ftruncate', [T.I32, T.I64], [fd, length]);
+};
+export const memfdCreate = (name: string, flags: number): number =>
+  sys('memfd_create', 'syscall', [T.I64, T.String, T.I64], [SYS_memfd_create, name, flags]);
+export const eventfd = (initval: number, flags: number): number =>
+  sys('eventfd', 'eventfd', [T.I32, T.I32], [initval, flags]);
+export function setCloexec(fd: number, on: boolean): void {
+  fcntl(fd, F_SETFD, on ? FD_CLOEXEC : 0);
+}
+export const isCloexec = (fd: number): boolean => (fcntl(fd, F_GETFD) & FD_CLOEXEC) !== 0;
+
+// ---- ioctl ----
+/** ioctl with an integer (or no) argument. `name` is the request's name for errors. */
+export const ioctl = (name: string, fd: number, request: number, arg = 0): number =>
+  sys(name, 'ioctl', [T.I32, T.U64, T.U64], [fd, request, arg]);
+/** ioctl whose argument points at `buf`; the kernel reads/writes the Buffer in place. */
+export const ioctlBuf = (name: string, fd: number, request: number, buf: Buffer): number =>
+  sys(name, 'ioctl', [T.I32, T.U64, T.U8Array], [fd, request, buf]);
+
+// ---- memory ----
+export function mmap(len: number, prot: number, flags: number, fd: number, offset = 0, addr = 0): number {
+  const r = ffi.load({
+    library: 'libc', funcName: 'mmap', retType: T.U64, errno: true,
+    paramsType: [T.U64, T.U64, T.I32, T.I32, T.I32, T.I64], paramsValue: [addr, len, prot, flags, fd, offset],
+  }) as unknown as Raw;
+  // MAP_FAILED is (void*)-1, which the U64 return type renders as 2^64-1 (rounded).
+  if (r.value >= 2 ** 63) throw new SyscallError('mmap', r.errnoCode, r.errnoMessage);
+  return r.value;
+}
+export const munmap = (addr: number, len: number): void => { sys('munmap', 'munmap', [T.U64, T.U64], [addr, len]); };
+export const mlock = (addr: number, len: number): void => { sys('mlock', 'mlock', [T.U64, T.U64], [addr, len]); };
+export const munlock = (addr: number, len: number): void => { sys('munlock', 'munlock', [T.U64, T.U64], [addr, len]); };
+export const madvise = (addr: number, len: number, advice: number): void => {
+  sys('madvise', 'madvise', [T.U64, T.U64, T.I32], [addr, len, advice]);
+};
+
+/** Address of a Buffer's bytes (memcpy returns its first argument). */
+export const addressOf = (buf: Buffer): number =>
+  plain('memcpy', [T.U8Array, T.U8Array, T.U64], [buf, buf, 0], T.U64);
+
+/** A Buffer over raw memory at `addr` (no copy). The caller keeps the memory mapped. */
+export function bufferAt(addr: number, length: number): Buffer {
+  const ext = plain('memcpy', [T.U64, T.U64, T.U64], [addr, addr, 0], T.External) as unknown as ffi.JsExternal;
+  return ffi.createExternalBuffer(ext, length);
+}
+
+// ---- processes, threads, signals ----
+export const getpid = (): number => process.pid;
+export const gettid = (): number => sys('gettid', 'syscall', [T.I64], [SYS_gettid]);
+export const tgkill = (tgid: number, tid: number, sig: number): void => {
+  sys('tgkill', 'syscall', [T.I64, T.I64, T.I64, T.I64], [SYS_tgkill, tgid, tid, sig]);
+};
+export const pidfdOpen = (pid: number): number =>
+  sys('pidfd_open', 'syscall', [T.I64, T.I64, T.I64], [SYS_pidfd_open, pid, 0]);
+export const pidfdGetfd = (pidfd: number, targetfd: number): number =>
+  sys('pidfd_getfd', 'syscall', [T.I64, T.I64, T.I64, T.I64], [SYS_pidfd_getfd, pidfd, targetfd, 0]);
+
+/** process_vm_readv/writev of one contiguous range; returns bytes moved. */
+function processVm(write: boolean, pid: number, local: Buffer, remoteAddr: number): number {
+  const iov = Buffer.alloc(32);
+  iov.writeBigUInt64LE(BigInt(addressOf(local)), 0);
+  iov.writeBigUInt64LE(BigInt(local.length), 8);
+  iov.writeBigUInt64LE(BigInt(remoteAddr), 16);
+  iov.writeBigUInt64LE(BigInt(local.length), 24);
+  const liov = iov.subarray(0, 16), riov = iov.subarray(16);
+  return sys(write ? 'process_vm_writev' : 'process_vm_readv', 'syscall',
+    [T.I64, T.I64, T.U8Array, T.I64, T.U8Array, T.I64, T.I64],
+    [write ? SYS_process_vm_writev : SYS_process_vm_readv, pid, liov, 1, riov, 1, 0]);
+}
+export const processVmRead = (pid: number, into: Buffer, remoteAddr: number): number => processVm(false, pid, into, remoteAddr);
+export const processVmWrite = (pid: number, from: Buffer, remoteAddr: number): number => processVm(true, pid, from, remoteAddr);
+
+export const RLIMIT_MEMLOCK = 8;
+/** prlimit64 on `pid` (0 = self): returns [soft, hard] as bigints; sets them when `set` is given. */
+export function prlimit(pid: number, resource: number, set?: [bigint, bigint]): [bigint, bigint] {
+  const newBuf = Buffer.alloc(16), oldBuf = Buffer.alloc(16);
+  if (set) { newBuf.writeBigUInt64LE(set[0], 0); newBuf.writeBigUInt64LE(set[1], 8); }
+  sys('prlimit64', 'syscall', [T.I64, T.I64, T.I64, set ? T.U8Array : T.I64, T.U8Array],
+    [SYS_prlimit64, pid, resource, set ? newBuf : 0, oldBuf]);
+  return [oldBuf.readBigUInt64LE(0), oldBuf.readBigUInt64LE(8)];
+}
+
+/** A NUL-terminated char*[] for execve; keep the returned holder alive until the call. */
+function cStringArray(items: string[]): { ptrs: Buffer; keep: Buffer[] } {
+  const keep = items.map((s) => Buffer.from(`${s}\0`));
+  const ptrs = Buffer.alloc(8 * (items.length + 1));
+  keep.forEach((b, i) => ptrs.writeBigUInt64LE(BigInt(addressOf(b)), 8 * i));
+  return { ptrs, keep };
+}
+
+/** execve(2). Only returns by throwing. */
+export function execve(path: string, argv: string[], env: Record<string, string | undefined>): never {
+  const a = cStringArray(argv);
+  const e = cStringArray(Object.entries(env).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v}`));
+  sys(`execve(${path})`, 'execve', [T.String, T.U8Array, T.U8Array], [path, a.ptrs, e.ptrs]);
+  void a.keep; void e.keep;
+  throw new Error('execve returned');
+}
+
+// ---- mounts ----
+export const MNT_DETACH = 2;
+export const mount = (source: string, target: string, fstype: string, flags: number, data: string): void => {
+  sys(`mount(${target})`, 'mount', [T.String, T.String, T.String, T.U64, T.String], [source, target, fstype, flags, data]);
+};
+export const umount2 = (target: string, flags: number): void => {
+  sys(`umount2(${target})`, 'umount2', [T.String, T.I32], [target, flags]);
+};
