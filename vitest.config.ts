@@ -1,0 +1,12 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 120_000,
+    hookTimeout: 60_000,
+    // Tests start VMs and device daemons; two cores: keep files sequential.
+    fileParallelism: false,
+    reporters: ['default'],
+  },
+});
