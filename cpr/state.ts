@@ -1,0 +1,105 @@
+// The CPR state blob: what the old image hands the new one across exec. Explicit and versioned
+// (Firecracker's snapshot versioning): a header with magic, version, length and CRC32, then a
+// msgpack body. A blob that fails any check is rejected before anything is torn down.
+import { Packr } from 'msgpackr';
+import { crc32 } from 'node:zlib';
+
+export const STATE_MAGIC = Buffer.from('MVMMCPR\0');
+export const STATE_VERSION = 1;
+const HEADER = 20; // magic 8, version u32, body length u32, crc32 u32
+
+/** How a kept fd is named: by (name, id), never by number (numbers are looked up after exec). */
+export interface NamedFd { name: string; id: number; fd: number }
+
+export interface MachineConfig {
+  guest: string;
+  memory: number;
+  smp: number;
+  serial: string; // 'stdio' or a file path
+  cmdline: string;
+  qmp: string | null;
+  logLevel: string;
+  vdpa: string[];
+}
+
+export interface VcpuState {
+  regs: Buffer; sregs: Buffer; xsave: Buffer | null; fpu: Buffer | null; lapic: Buffer;
+  mpState: number; events: Buffer;
+  /** struct kvm_msr_entry array (index u32, reserved u32, data u64). */
+  msrs: Buffer;
+}
+
+export interface MachineState {
+  config: MachineConfig;
+  cpuid: Buffer;
+  memory: { name: string; gpa: number; size: number }[];
+  vcpus: VcpuState[];
+  irqchip: { picMaster: Buffer; picSlave: Buffer; ioapic: Buffer };
+  pit: Buffer;
+  devices: { serial: number[]; [device: string]: unknown };
+}
+
+/** Migration bookkeeping that rides along, so the new image can report the update. */
+export interface UpdateRecord {
+  n: number; // how many updates this VM has been through, this one included
+  mode: 'cpr-exec' | 'cpr-transfer';
+  /** process.hrtime (CLOCK_MONOTONIC) in ns, comparable across exec. */
+  t: { pauseStart: bigint; paused: bigint; saved: bigint; execStart: bigint };
+  history: { n: number; downtime: number; path: string; phases: Record<string, number> }[];
+}
+
+export interface CprState {
+  machine: MachineState;
+  fds: NamedFd[];
+  update: UpdateRecord;
+}
+
+const packr = new Packr({ useRecords: false, int64AsType: 'bigint', moreTypes: true });
+
+export function encodeState(state: CprState): Buffer {
+  const body = packr.pack(state);
+  const header = Buffer.alloc(HEADER);
+  STATE_MAGIC.copy(header, 0);
+  header.writeUInt32LE(STATE_VERSION, 8);
+  header.writeUInt32LE(body.length, 12);
+  header.writeUInt32LE(crc32(body), 16);
+  return Buffer.concat([header, body]);
+}
+
+export class StateError extends Error {}
+
+/** Checks and decodes a blob; every failure is one clear line. */
+export function decodeState(blob: Buffer): CprState {
+  if (blob.length < HEADER) throw new StateError(`CPR state is truncated (${blob.length} bytes, header needs ${HEADER})`);
+  if (!blob.subarray(0, 8).equals(STATE_MAGIC)) throw new StateError('CPR state has a bad magic (not a minivmm state blob)');
+  const version = blob.readUInt32LE(8);
+  if (version !== STATE_VERSION) throw new StateError(`CPR state version ${version} is not supported (this build reads version ${STATE_VERSION})`);
+  const len = blob.readUInt32LE(12);
+  if (blob.length !== HEADER + len) throw new StateError(`CPR state length mismatch (header says ${len} bytes of body, found ${blob.length - HEADER})`);
+  const body = blob.subarray(HEADER);
+  if (crc32(body) !== blob.readUInt32LE(16)) throw new StateError('CPR state is corrupt (checksum mismatch)');
+  let state: CprState;
+  try { state = packr.unpack(body) as CprState; } catch (e) { throw new StateError(`CPR state body does not decode: ${(e as Error).message}`); }
+  validate(state);
+  return state;
+}
+
+function validate(s: CprState): void {
+  const need = (cond: unknown, what: string) => { if (!cond) throw new StateError(`CPR state is malformed: ${what}`); };
+  need(s && typeof s === 'object', 'not an object');
+  need(s.machine && s.machine.config && typeof s.machine.config.guest === 'string', 'machine.config');
+  need(Array.isArray(s.machine.memory) && s.machine.memory.length > 0, 'machine.memory');
+  need(Array.isArray(s.machine.vcpus) && s.machine.vcpus.length === s.machine.config.smp, 'machine.vcpus');
+  for (const v of s.machine.vcpus) need(Buffer.isBuffer(v.regs) && Buffer.isBuffer(v.sregs) && Buffer.isBuffer(v.lapic) && Buffer.isBuffer(v.msrs), 'vcpu registers');
+  need(Buffer.isBuffer(s.machine.cpuid) && Buffer.isBuffer(s.machine.pit), 'cpuid/pit');
+  need(Array.isArray(s.fds) && s.fds.every((f) => typeof f.name === 'string' && Number.isInteger(f.fd)), 'fds');
+  for (const m of s.machine.memory) need(s.fds.some((f) => f.name === 'ram' && f.id === s.machine.memory.indexOf(m)), `no fd for RAM region ${m.name}`);
+  need(s.update && typeof s.update.n === 'number', 'update record');
+}
+
+/** The kept fd named (name, id), or an error naming it. */
+export function findFd(fds: NamedFd[], name: string, id = 0): number {
+  const f = fds.find((x) => x.name === name && x.id === id);
+  if (!f) throw new StateError(`CPR state names no fd (${name}, ${id})`);
+  return f.fd;
+}
