@@ -1,0 +1,16 @@
+#!/usr/bin/env node
+// Entry point. A process started by cpr-exec (state fd in the environment) goes straight to the
+// restore path and loads nothing else first: its start-up is part of the guest's blackout.
+const entryTime = process.hrtime.bigint();
+if (process.env.MINIVMM_CPR_STATE !== undefined) {
+  const { incoming } = await import('../dist/cpr/incoming.js');
+  try {
+    await incoming(entryTime);
+  } catch (e) {
+    process.stderr.write(`minivmm: cannot restore the VM after exec: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  }
+} else {
+  const { main } = await import('../dist/vmm/cli.js');
+  await main(process.argv.slice(2));
+}

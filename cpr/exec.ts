@@ -1,0 +1,86 @@
+// cpr-exec, old image: pause, save the state into a sealed memfd, clear FD_CLOEXEC on exactly the
+// fds to keep, execve. If execve fails: CLOEXEC back, resume, report failed (QEMU's cpr-exec).
+import { accessSync, constants, writeSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import {
+  memfdCreate, fcntl, close, execve, setCloexec, isCloexec, MFD_CLOEXEC, MFD_ALLOW_SEALING, F_ADD_SEALS,
+  F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
+} from '../src/libc.js';
+import { encodeState, type NamedFd, type CprState } from './state.js';
+import type { Vmm } from '../vmm/vmm.js';
+import { log } from '../vmm/log.js';
+
+export const STATE_ENV = 'MINIVMM_CPR_STATE';
+/** "<saved>,<execStart>" in ns: the two times the sealed state cannot hold. */
+export const TIMES_ENV = 'MINIVMM_CPR_TIMES';
+
+const now = (): bigint => process.hrtime.bigint();
+
+/** The fds the new image needs, by name. */
+export function keptFds(vmm: Vmm): NamedFd[] {
+  const fds: NamedFd[] = vmm.machine.mem.regions.map((r, i) => ({ name: 'ram', id: i, fd: r.fd }));
+  if (vmm.machine.serialFd > 2) fds.push({ name: 'serial', id: 0, fd: vmm.machine.serialFd });
+  if (vmm.qmp) fds.push({ name: 'qmp', id: 0, fd: vmm.qmp.fd });
+  return fds;
+}
+
+/** execvp's lookup: a name without '/' is searched in PATH. */
+function resolveCommand(cmd: string): string {
+  if (cmd.includes('/')) return cmd;
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    const p = join(dir || '.', cmd);
+    try { accessSync(p, constants.X_OK); return p; } catch { /* next */ }
+  }
+  return cmd;
+}
+
+/** The command that runs this same build with the same options (QEMU's default of "same binary"). */
+export function defaultCommand(): string[] {
+  return [process.execPath, ...process.execArgv, process.argv[1], ...process.argv.slice(2)];
+}
+
+export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void> {
+  const argv = command ?? defaultCommand();
+  const qmp = vmm.qmp;
+  const t = { pauseStart: now(), paused: 0n, saved: 0n, execStart: 0n };
+  const wasRunning = vmm.machine.running;
+  vmm.migration.status = 'active';
+  qmp?.event('MIGRATION', { status: 'active' });
+
+  vmm.machine.pause();
+  t.paused = now();
+  qmp?.event('STOP');
+
+  let stateFd = -1;
+  const kept = keptFds(vmm);
+  const restoreCloexec: number[] = [];
+  try {
+    const state: CprState = {
+      machine: vmm.machine.save(),
+      fds: kept,
+      update: { n: vmm.history.length + 1, mode: 'cpr-exec', t, history: vmm.history },
+    };
+    const blob = encodeState(state);
+    stateFd = memfdCreate('minivmm-cpr-state', MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    writeSync(stateFd, blob);
+    // Sealed: nothing can change the state between here and the new image reading it.
+    fcntl(stateFd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+    t.saved = now();
+
+    for (const fd of [0, 1, 2, stateFd, ...kept.map((k) => k.fd)]) {
+      if (isCloexec(fd)) { setCloexec(fd, false); restoreCloexec.push(fd); }
+    }
+    t.execStart = now();
+    const env = { ...process.env, [STATE_ENV]: String(stateFd), [TIMES_ENV]: `${t.saved},${t.execStart}` };
+    execve(resolveCommand(argv[0]), argv, env);
+  } catch (e) {
+    // Still the old image: every kept fd gets CLOEXEC again, the guest runs on.
+    for (const fd of restoreCloexec) { try { setCloexec(fd, true); } catch { /* closed */ } }
+    if (stateFd >= 0) { try { close(stateFd); } catch { /* ignore */ } }
+    if (wasRunning) { vmm.machine.resume(); qmp?.event('RESUME'); }
+    const reason = (e as Error).message;
+    vmm.migration = { status: 'failed', error: reason, last: vmm.migration.last };
+    qmp?.event('MIGRATION', { status: 'failed' });
+    (await log()).error({ err: reason }, `live update failed, guest resumed: ${reason}`);
+  }
+}

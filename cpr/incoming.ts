@@ -1,0 +1,80 @@
+// cpr-exec, new image: read and check the state, map the same RAM memfds, build a new KVM VM,
+// restore the vCPUs and devices, resume. Everything not needed before the guest runs again
+// (the monitor, the logger) comes after the resume.
+import { fstatSync, readSync } from 'node:fs';
+import { close, setCloexec } from '../src/libc.js';
+import { GuestMemory } from '../src/memory.js';
+import { Machine } from '../vmm/machine.js';
+import { decodeState, findFd, type CprState } from './state.js';
+import { STATE_ENV, TIMES_ENV } from './exec.js';
+import { Vmm, VERSION } from '../vmm/vmm.js';
+import { cprExec } from './exec.js';
+
+const ms = (a: bigint, b: bigint): number => Number(b - a) / 1e6;
+const round = (x: number): number => Math.round(x * 100) / 100;
+
+/** Reads the state blob from the inherited memfd (pread: no need to seek it back to 0). */
+export function readStateBlob(fd: number): Buffer {
+  const size = fstatSync(fd).size;
+  const blob = Buffer.alloc(size);
+  let off = 0;
+  while (off < size) {
+    const n = readSync(fd, blob, off, size - off, off);
+    if (n === 0) break;
+    off += n;
+  }
+  return blob.subarray(0, off);
+}
+
+export async function incoming(entryTime: bigint): Promise<Vmm> {
+  const t = { entry: entryTime, decoded: 0n, vm: 0n, restored: 0n, resumed: 0n };
+  const fdText = process.env[STATE_ENV]!;
+  const [saved, execT0] = (process.env[TIMES_ENV] ?? '').split(',').map((x) => (/^\d+$/.test(x) ? BigInt(x) : entryTime));
+  delete process.env[STATE_ENV];
+  delete process.env[TIMES_ENV];
+  const stateFd = Number(fdText);
+  if (!Number.isInteger(stateFd) || stateFd < 0) throw new Error(`${STATE_ENV}=${fdText} does not name an fd`);
+
+  let state: CprState;
+  try { state = decodeState(readStateBlob(stateFd)); } finally { try { close(stateFd); } catch { /* already closed */ } }
+  t.decoded = process.hrtime.bigint();
+
+  const vmm = new Vmm(cprExec);
+  const { machine: ms0, fds } = state;
+  const serialFd = ms0.config.serial === 'stdio' ? 1 : findFd(fds, 'serial');
+  // Threads first: their start-up overlaps building the VM.
+  const { threads, serialShared } = Machine.spawnThreads(ms0.config.smp, serialFd, vmm.onVcpuEvent);
+  const mem = GuestMemory.adopt(ms0.memory.map((r, i) => ({ ...r, fd: findFd(fds, 'ram', i) })));
+  vmm.machine = Machine.restore(ms0, mem, threads, serialFd, serialShared);
+  t.vm = process.hrtime.bigint();
+  await vmm.machine.start();
+  t.resumed = process.hrtime.bigint();
+
+  // The guest runs again. Kept fds get CLOEXEC back so nothing we spawn inherits them.
+  for (const f of fds) setCloexec(f.fd, true);
+  const u = state.update;
+  const result = {
+    n: u.n,
+    path: 'cpr-exec',
+    downtime: round(ms(u.t.pauseStart, t.resumed)),
+    phases: {
+      pause: round(ms(u.t.pauseStart, u.t.paused)),
+      save: round(ms(u.t.paused, saved ?? entryTime)),
+      exec: round(ms(execT0 ?? entryTime, t.entry)),
+      restore: round(ms(t.entry, t.vm)),
+      resume: round(ms(t.vm, t.resumed)),
+      decode: round(ms(t.entry, t.decoded)),
+    },
+  };
+  vmm.history = [...u.history, { n: u.n, downtime: result.downtime, path: result.path, phases: result.phases }];
+  vmm.migration = { status: 'completed', last: result };
+  if (ms0.config.qmp) {
+    const { QmpServer } = await import('../vmm/qmp.js');
+    await vmm.startMonitor(await QmpServer.adopt(findFd(fds, 'qmp'), VERSION));
+    vmm.params.mode = 'cpr-exec';
+    vmm.qmp!.event('RESUME');
+    vmm.qmp!.event('MIGRATION', { status: 'completed' });
+  }
+  await vmm.logUpdate(result);
+  return vmm;
+}

@@ -1,0 +1,202 @@
+// Foundation: boot toy guests on KVM, bad input, QMP, and cpr-exec live update of `counter`.
+import { afterAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { openSync, writeFileSync, closeSync } from 'node:fs';
+import { describeWith } from './facility.js';
+import { runMinivmm, VmProcess, counterValues, tempDir, writeTinyElf } from './harness.js';
+import { encodeState, type CprState } from '../cpr/state.js';
+
+const oneLineError = (stderr: string) => {
+  const lines = stderr.trim().split('\n');
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatch(/^minivmm: /);
+  expect(stderr).not.toMatch(/\n\s+at /);
+};
+
+describeWith(['kvm'], 'guests boot and exit', () => {
+  it('hello prints the greeting and exits 0', async () => {
+    const r = await runMinivmm(['run', '--guest', 'hello']);
+    expect(r.stdout).toContain('Hello from minivmm guest\n');
+    expect(r.stdout).toContain('ram=268435456 cpus=1');
+    expect(r.code).toBe(0);
+  });
+
+  it('memtest passes over 16 GiB', async () => {
+    const r = await runMinivmm(['run', '--guest', 'memtest', '--memory', '16G'], { timeoutMs: 120_000 });
+    expect(r.stdout).toMatch(/memtest ok chunks=\d+ ram=17179869184/);
+    expect(r.code).toBe(0);
+  });
+
+  it('the exit port value becomes the exit status', async () => {
+    // mov eax, 42; out 0xf4, eax; hlt; jmp $-1
+    const elf = writeTinyElf(join(tempDir(), 'exit42.elf'), Buffer.from([0xb8, 42, 0, 0, 0, 0xe7, 0xf4, 0xf4, 0xeb, 0xfd]));
+    const r = await runMinivmm(['run', '--guest', elf]);
+    expect(r.code).toBe(42);
+  });
+
+  it('an emulation failure is reported with the guest RIP and instruction bytes', async () => {
+    // shlx rax, rbx, rcx (BMI2): the instruction emulator does not know it
+    const elf = writeTinyElf(join(tempDir(), 'bmi2.elf'), Buffer.from([0xc4, 0xe2, 0xf1, 0xf7, 0xc3, 0xf4]));
+    const r = await runMinivmm(['run', '--guest', elf]);
+    expect(r.code).not.toBe(0);
+    oneLineError(r.stderr);
+    expect(r.stderr).toMatch(/RIP 0x100000, instruction bytes c4 e2 f1 f7 c3/);
+  });
+});
+
+describe('bad input gets one line and a non-zero exit', () => {
+  const cases: [string, string[], RegExp][] = [
+    ['missing guest', ['run', '--guest', '/nonexistent'], /does not exist/],
+    ['unknown built-in', ['run', '--guest', 'nosuchguest'], /unknown guest/],
+    ['size that does not parse', ['run', '--guest', 'hello', '--memory', 'banana'], /invalid size 'banana'/],
+    ['size beyond host memory', ['run', '--guest', 'hello', '--memory', '4096G'], /exceeds host memory/],
+    ['bad smp', ['run', '--guest', 'hello', '--smp', '9'], /--smp/],
+    ['unknown option', ['run', '--guest', 'hello', '--frobnicate'], /frobnicate/],
+    ['unknown command', ['fly'], /unknown command/],
+    ['qmp without a server', ['qmp', '--socket', '/nonexistent/q.sock', 'query-status'], /cannot connect/],
+  ];
+  for (const [name, args, re] of cases) {
+    it(name, async () => {
+      const r = await runMinivmm(args);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr.split('\n')[0]).toMatch(re);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    });
+  }
+
+  it('a file that is not an ELF64 image', async () => {
+    const p = join(tempDir(), 'not.elf');
+    writeFileSync(p, 'hello world, not an ELF file at all, just some text that is long enough');
+    const r = await runMinivmm(['run', '--guest', p]);
+    expect(r.code).not.toBe(0);
+    oneLineError(r.stderr);
+    expect(r.stderr).toMatch(/not an ELF file/);
+  });
+
+  it('an ELF whose segment lies outside guest RAM', async () => {
+    const p = writeTinyElf(join(tempDir(), 'far.elf'), Buffer.from([0xf4]), (elf) => elf.writeBigUInt64LE(0x7000000000n, 64 + 24));
+    const r = await runMinivmm(['run', '--guest', p]);
+    expect(r.code).not.toBe(0);
+    oneLineError(r.stderr);
+    expect(r.stderr).toMatch(/segment 0/);
+  });
+});
+
+describeWith(['kvm'], 'a corrupt CPR state blob is rejected by the new image', () => {
+  const valid: CprState = {
+    machine: { config: { guest: '/x', memory: 2 ** 24, smp: 1, serial: 'stdio', cmdline: '', qmp: null, logLevel: 'info', vdpa: [] }, cpuid: Buffer.alloc(8), memory: [{ name: 'ram-low', gpa: 0, size: 2 ** 24 }], vcpus: [], irqchip: { picMaster: Buffer.alloc(520), picSlave: Buffer.alloc(520), ioapic: Buffer.alloc(520) }, pit: Buffer.alloc(112), devices: { serial: [] } },
+    fds: [{ name: 'ram', id: 0, fd: 99 }],
+    update: { n: 1, mode: 'cpr-exec', t: { pauseStart: 0n, paused: 0n, saved: 0n, execStart: 0n }, history: [] },
+  };
+  const blobs: [string, Buffer, RegExp][] = [
+    ['garbage', Buffer.from('this is not a state blob at all........'), /bad magic/],
+    ['truncated', encodeState(valid).subarray(0, 30), /length mismatch|truncated/],
+    ['flipped byte', (() => { const b = Buffer.from(encodeState(valid)); b[b.length - 3] ^= 0xff; return b; })(), /checksum/],
+    ['future version', (() => { const b = Buffer.from(encodeState(valid)); b.writeUInt32LE(99, 8); return b; })(), /version 99 is not supported/],
+    ['empty', Buffer.alloc(0), /truncated/],
+    ['well-formed but inconsistent', encodeState(valid), /malformed: machine.vcpus/],
+  ];
+  for (const [name, blob, re] of blobs) {
+    it(name, async () => {
+      const p = join(tempDir(), 'state.bin');
+      writeFileSync(p, blob);
+      const fd = openSync(p, 'r');
+      const r = await runMinivmm([], { env: { ...process.env, MINIVMM_CPR_STATE: '3' }, stdio: ['ignore', 'pipe', 'pipe', fd] });
+      closeSync(fd);
+      expect(r.code).toBe(1);
+      oneLineError(r.stderr);
+      expect(r.stderr).toMatch(re);
+    });
+  }
+});
+
+describeWith(['kvm'], 'QMP monitor', () => {
+  let vm: VmProcess;
+  afterAll(async () => { await vm?.kill(); });
+
+  it('speaks the protocol: greeting, negotiation, errors, stop/cont with events', async () => {
+    vm = await VmProcess.start(['--guest', 'counter']);
+    await vm.waitFor(/counter \d+/);
+    const { QmpConnection } = await import('../vmm/qmp.js');
+    const raw = await import('node:net').then((net) => net.connect(vm.qmpPath));
+    const got: string[] = [];
+    raw.setEncoding('utf8');
+    raw.on('data', (d: string) => got.push(...d.split('\r\n').filter(Boolean)));
+    const waitLines = async (n: number) => { for (let i = 0; i < 200 && got.length < n; i++) await new Promise((r) => setTimeout(r, 10)); };
+    await waitLines(1);
+    expect(JSON.parse(got[0]).QMP.version.package).toMatch(/minivmm/);
+    raw.write('{"execute":"query-status"}\n');
+    await waitLines(2);
+    expect(JSON.parse(got[1]).error.class).toBe('CommandNotFound');
+    raw.write('{"execute":"qmp_capabilities","id":7}\n{not json\n["array"]\n{"execute":"no-such-command"}\n');
+    await waitLines(6);
+    expect(JSON.parse(got[2])).toEqual({ return: {}, id: 7 });
+    expect(JSON.parse(got[3]).error.desc).toMatch(/JSON parse error/);
+    expect(JSON.parse(got[4]).error.class).toBe('GenericError');
+    expect(JSON.parse(got[5]).error.class).toBe('CommandNotFound');
+    raw.destroy();
+
+    const c = await QmpConnection.connect(vm.qmpPath);
+    expect(await c.execute('query-version')).toMatchObject({ package: 'minivmm 0.1.0' });
+    await c.execute('stop');
+    await c.event('STOP', 5000);
+    expect(await c.execute('query-status')).toMatchObject({ status: 'paused', running: false });
+    const before = counterValues(vm.stdout).length;
+    await new Promise((r) => setTimeout(r, 500));
+    expect(counterValues(vm.stdout).length).toBe(before); // paused means paused
+    await c.execute('cont');
+    await c.event('RESUME', 5000);
+    await vm.waitFor(/counter \d+/, 5000, vm.stdout.length);
+    await expect(c.execute('migrate', { uri: 'tcp:1.2.3.4:5' })).rejects.toThrow(/file:PATH/);
+    await expect(c.execute('migrate-set-parameters', { mode: 'cpr-teleport' })).rejects.toThrow(/mode/);
+    c.close();
+    const { statSync } = await import('node:fs');
+    expect(statSync(vm.qmpPath).mode & 0o777).toBe(0o600);
+  });
+});
+
+describeWith(['kvm'], 'cpr-exec live update of the counter guest', () => {
+  let vm: VmProcess;
+  afterAll(async () => { await vm?.kill(); });
+
+  it('survives 20 consecutive updates: counter increases, RAM intact, same pid, no fd leak', async () => {
+    vm = await VmProcess.start(['--guest', 'counter', '--memory', '1G', '--log-level', 'warn']);
+    await vm.waitFor(/counter \d+/);
+    const { runUpdate } = await import('../vmm/update.js');
+    const fdCounts: number[] = [];
+    for (let i = 1; i <= 20; i++) {
+      const mark = vm.stdout.length;
+      const r = await runUpdate(vm.qmpPath, null, 30_000) as { status: string; downtime: number; cpr: { n: number; path: string; phases: Record<string, number> } };
+      expect(r.status, JSON.stringify(r)).toBe('completed');
+      expect(r.cpr.n).toBe(i);
+      expect(r.downtime).toBeGreaterThan(0);
+      expect(r.downtime).toBeLessThan(1000); // a sanity bound, not a benchmark
+      for (const k of ['pause', 'save', 'exec', 'restore', 'resume']) expect(r.cpr.phases[k]).toBeGreaterThanOrEqual(0);
+      await vm.waitFor(/counter \d+/, 10_000, mark); // the guest prints again after the update
+      fdCounts.push(vm.fdCount());
+    }
+    expect(vm.child.exitCode).toBeNull();
+    const values = counterValues(vm.stdout);
+    expect(values.length).toBeGreaterThan(20);
+    for (let i = 1; i < values.length; i++) expect(values[i]).toBeGreaterThan(values[i - 1]);
+    expect(vm.stdout).not.toMatch(/MISMATCH|TSC BACKWARDS/);
+    expect(fdCounts[fdCounts.length - 1]).toBe(fdCounts[0]);
+    expect(vm.stderr).not.toMatch(/error/i);
+  });
+
+  it('a failed exec keeps the guest running and reports failed; the next update succeeds', async () => {
+    const { runUpdate } = await import('../vmm/update.js');
+    const fds = vm.fdCount();
+    const bad = await runUpdate(vm.qmpPath, ['/nonexistent/minivmm-next'], 10_000);
+    expect(bad.status).toBe('failed');
+    expect(String(bad['error-desc'])).toMatch(/execve\(\/nonexistent\/minivmm-next\) failed: ENOENT/);
+    const mark = vm.stdout.length;
+    await vm.waitFor(/counter \d+/, 10_000, mark); // still running
+    expect(vm.fdCount()).toBe(fds); // CLOEXEC restored, state memfd closed
+    const good = await runUpdate(vm.qmpPath, null, 30_000);
+    expect(good.status).toBe('completed');
+    await vm.waitFor(/counter \d+/, 10_000, vm.stdout.length);
+    const values = counterValues(vm.stdout);
+    for (let i = 1; i < values.length; i++) expect(values[i]).toBeGreaterThan(values[i - 1]);
+  });
+});

@@ -1,0 +1,93 @@
+// Test harness: run the real `minivmm` binary as a child process and watch its output.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { QmpConnection } from '../vmm/qmp.js';
+
+export const ROOT = resolve(import.meta.dirname, '..');
+export const BIN = join(ROOT, 'bin/minivmm.js');
+
+export function tempDir(prefix = 'minivmm-test-'): string { return mkdtempSync(join(tmpdir(), prefix)); }
+
+export interface Run { code: number | null; signal: string | null; stdout: string; stderr: string }
+
+/** Runs minivmm to completion. */
+export function runMinivmm(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; stdio?: (number | 'pipe' | 'ignore')[] } = {}): Promise<Run> {
+  return new Promise((resolvePromise) => {
+    const child = spawn(process.execPath, [BIN, ...args], { env: opts.env ?? process.env, stdio: (opts.stdio ?? ['ignore', 'pipe', 'pipe']) as never });
+    let stdout = '', stderr = '';
+    child.stdout?.on('data', (d) => { stdout += d; });
+    child.stderr?.on('data', (d) => { stderr += d; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    child.on('close', (code, signal) => { clearTimeout(timer); resolvePromise({ code, signal, stdout, stderr }); });
+  });
+}
+
+/** A running VM with a QMP socket, its output captured line by line. */
+export class VmProcess {
+  readonly child: ChildProcess;
+  stdout = '';
+  stderr = '';
+  readonly exited: Promise<number | null>;
+
+  constructor(args: string[], readonly qmpPath: string) {
+    this.child = spawn(process.execPath, [BIN, 'run', ...args, '--qmp', qmpPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout!.on('data', (d) => { this.stdout += d; });
+    this.child.stderr!.on('data', (d) => { this.stderr += d; });
+    this.exited = new Promise((r) => this.child.on('close', (code) => r(code)));
+  }
+
+  static async start(args: string[], dir = tempDir()): Promise<VmProcess> {
+    const vm = new VmProcess(args, join(dir, 'qmp.sock'));
+    await vm.waitFor(/\n/, 30_000);
+    return vm;
+  }
+
+  get pid(): number { return this.child.pid!; }
+  lines(): string[] { return this.stdout.split('\n').filter(Boolean); }
+
+  /** Waits until stdout (from `from` on) matches. */
+  async waitFor(re: RegExp, timeoutMs = 20_000, from = 0): Promise<RegExpMatchArray> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = this.stdout.slice(from).match(re);
+      if (m) return m;
+      if (this.child.exitCode !== null) throw new Error(`VM exited (${this.child.exitCode}) before ${re}: ${this.stderr.slice(-500)}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${re}; stderr: ${this.stderr.slice(-500)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  qmp(): Promise<QmpConnection> { return QmpConnection.connect(this.qmpPath); }
+
+  fdCount(): number { return readdirSync(`/proc/${this.pid}/fd`).length; }
+
+  async kill(): Promise<void> { if (this.child.exitCode === null) { this.child.kill('SIGKILL'); await this.exited; } }
+}
+
+/** Counter values printed by the `counter` guest, in order. */
+export function counterValues(out: string): bigint[] {
+  return [...out.matchAll(/^counter (\d+) tsc (\d+) round (\d+)$/gm)].map((m) => BigInt(m[1]));
+}
+
+/**
+ * A minimal ELF64 executable with `code` at 1 MiB (for tests of the loader and of exits).
+ * Hand-made so that a test controls every byte.
+ */
+export function writeTinyElf(path: string, code: Buffer, patch?: (elf: Buffer) => void): string {
+  const hdr = Buffer.alloc(64 + 56);
+  hdr.writeUInt32BE(0x7f454c46, 0); hdr[4] = 2; hdr[5] = 1; hdr[6] = 1;
+  hdr.writeUInt16LE(2, 16); hdr.writeUInt16LE(62, 18); hdr.writeUInt32LE(1, 20);
+  hdr.writeBigUInt64LE(0x100000n, 24); hdr.writeBigUInt64LE(64n, 32);
+  hdr.writeUInt16LE(64, 52); hdr.writeUInt16LE(56, 54); hdr.writeUInt16LE(1, 56);
+  const ph = 64;
+  hdr.writeUInt32LE(1, ph); hdr.writeUInt32LE(5, ph + 4);
+  hdr.writeBigUInt64LE(120n, ph + 8); hdr.writeBigUInt64LE(0x100000n, ph + 16); hdr.writeBigUInt64LE(0x100000n, ph + 24);
+  hdr.writeBigUInt64LE(BigInt(code.length), ph + 32); hdr.writeBigUInt64LE(BigInt(code.length), ph + 40);
+  // entry = 1 MiB: the segment starts at file offset 120, loaded at 1 MiB
+  const elf = Buffer.concat([hdr, code]);
+  patch?.(elf);
+  writeFileSync(path, elf);
+  return path;
+}

@@ -1,0 +1,152 @@
+// Command line: `minivmm run|qmp|update|...`. Bad input is one line on stderr and a non-zero exit.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { existsSync, accessSync, constants } from 'node:fs';
+import { totalmem } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
+import { MiB } from '../src/memory.js';
+import type { MachineConfig } from '../cpr/state.js';
+
+export class UsageError extends Error {}
+
+const GUEST_DIR = fileURLToPath(new URL('../guests/', import.meta.url));
+export const BUILTIN_GUESTS = ['hello', 'counter', 'memtest', 'netloop', 'blkcheck'];
+
+const USAGE = `usage: minivmm <command> [options]
+  run      --guest NAME|PATH [--memory SIZE] [--smp N] [--serial stdio|FILE] [--qmp PATH]
+           [--append "key=value ..."] [--log-level LEVEL]
+  qmp      --socket PATH COMMAND [JSON-ARGS]
+  update   --socket PATH [--exec ARGV...] [--json]`;
+
+/** "512M", "1G", "16GiB", "1048576" → bytes. */
+export function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`invalid size '${text}' (examples: 512M, 1G, 16G)`);
+  const mult = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const bytes = Math.round(Number(m[1]) * mult);
+  return bytes;
+}
+
+export function resolveGuest(guest: string): string {
+  if (BUILTIN_GUESTS.includes(guest)) {
+    const p = resolve(GUEST_DIR, `${guest}.elf`);
+    if (!existsSync(p)) throw new UsageError(`built-in guest '${guest}' is not built (run: npm run build)`);
+    return p;
+  }
+  if (!guest.includes('/') && !existsSync(guest)) throw new UsageError(`unknown guest '${guest}' (built-in: ${BUILTIN_GUESTS.join(', ')}; or give a path)`);
+  const p = resolve(guest);
+  if (!existsSync(p)) throw new UsageError(`guest image ${guest} does not exist`);
+  return p;
+}
+
+type Values = Record<string, string | boolean | string[] | undefined>;
+function parse(args: string[], options: ParseArgsConfig['options'], allowPositionals = false): { values: Values; positionals: string[] } {
+  try {
+    return parseArgs({ args, options, allowPositionals, strict: true }) as { values: Values; positionals: string[] };
+  } catch (e) {
+    throw new UsageError((e as Error).message.split('\n')[0]);
+  }
+}
+
+export function parseRunConfig(args: string[]): MachineConfig {
+  const { values } = parse(args, {
+    guest: { type: 'string' }, memory: { type: 'string', default: '256M' }, smp: { type: 'string', default: '1' },
+    serial: { type: 'string', default: 'stdio' }, qmp: { type: 'string' }, append: { type: 'string', default: '' },
+    'log-level': { type: 'string', default: 'info' }, vdpa: { type: 'string', multiple: true, default: [] },
+  });
+  if (!values.guest) throw new UsageError('run: --guest NAME|PATH is required');
+  const memory = parseSize(values.memory as string);
+  if (memory < 16 * MiB) throw new UsageError(`--memory ${values.memory}: at least 16M`);
+  if (memory % (2 * MiB) !== 0) throw new UsageError(`--memory ${values.memory}: must be a multiple of 2M`);
+  if (memory > totalmem()) throw new UsageError(`--memory ${values.memory} exceeds host memory (${Math.floor(totalmem() / MiB)} MiB)`);
+  const smp = Number(values.smp);
+  if (!Number.isInteger(smp) || smp < 1 || smp > 4) throw new UsageError(`--smp ${values.smp}: must be 1 to 4`);
+  const level = values['log-level'] as string;
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(level)) throw new UsageError(`--log-level ${level}: not a level (fatal, error, warn, info, debug, trace, silent)`);
+  return {
+    guest: resolveGuest(values.guest as string),
+    memory, smp,
+    serial: values.serial === 'stdio' ? 'stdio' : resolve(values.serial as string),
+    cmdline: values.append as string,
+    qmp: values.qmp ? resolve(values.qmp as string) : null,
+    logLevel: level,
+    vdpa: values.vdpa as string[],
+  };
+}
+
+function checkKvm(): void {
+  try { accessSync('/dev/kvm', constants.R_OK | constants.W_OK); } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UsageError(code === 'ENOENT' ? 'no /dev/kvm on this host (KVM is required)' : `cannot use /dev/kvm: ${code} (are you in the kvm group?)`);
+  }
+}
+
+async function cmdRun(args: string[]): Promise<void> {
+  const config = parseRunConfig(args);
+  checkKvm();
+  const { setLogLevel } = await import('./log.js');
+  setLogLevel(config.logLevel);
+  const { startVmm } = await import('./start.js');
+  await startVmm(config);
+}
+
+async function cmdQmp(args: string[]): Promise<void> {
+  const { values, positionals } = parse(args, { socket: { type: 'string' } }, true);
+  if (!values.socket || positionals.length < 1 || positionals.length > 2) throw new UsageError('usage: minivmm qmp --socket PATH COMMAND [JSON-ARGS]');
+  let cmdArgs: Record<string, unknown> | undefined;
+  if (positionals[1] !== undefined) {
+    try { cmdArgs = JSON.parse(positionals[1]); } catch (e) { throw new UsageError(`JSON-ARGS: ${(e as Error).message}`); }
+    if (!cmdArgs || typeof cmdArgs !== 'object' || Array.isArray(cmdArgs)) throw new UsageError('JSON-ARGS must be a JSON object');
+  }
+  const { QmpConnection } = await import('./qmp.js');
+  const c = await connectOrExplain(QmpConnection, values.socket as string);
+  const reply = await c.request(positionals[0], cmdArgs);
+  c.close();
+  process.stdout.write(`${JSON.stringify(reply)}\n`);
+  if ('error' in reply) process.exitCode = 1;
+}
+
+async function connectOrExplain<T>(Conn: { connect(p: string): Promise<T> }, path: string): Promise<T> {
+  try { return await Conn.connect(path); } catch (e) {
+    throw new UsageError(`cannot connect to QMP socket ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+async function cmdUpdate(args: string[]): Promise<void> {
+  const execAt = args.indexOf('--exec');
+  const execArgv = execAt >= 0 ? args.slice(execAt + 1) : null;
+  const { values } = parse(execAt >= 0 ? args.slice(0, execAt) : args, { socket: { type: 'string' }, json: { type: 'boolean', default: false }, timeout: { type: 'string', default: '60' } });
+  if (!values.socket) throw new UsageError('usage: minivmm update --socket PATH [--json] [--exec ARGV...]');
+  if (execArgv && execArgv.length === 0) throw new UsageError('update: --exec needs a command');
+  const { runUpdate } = await import('./update.js');
+  const result = await runUpdate(values.socket as string, execArgv, Number(values.timeout) * 1000);
+  if (values.json) process.stdout.write(`${JSON.stringify(result)}\n`);
+  else if (result.status === 'completed') {
+    const r = result as { downtime: number; cpr: { path: string; phases: Record<string, number> } };
+    process.stdout.write(`update completed: blackout ${r.downtime} ms (${Object.entries(r.cpr.phases).map(([k, v]) => `${k} ${v}`).join(', ')})\n`);
+  } else process.stdout.write(`update failed: ${String(result['error-desc'] ?? 'unknown error')}\n`);
+  if (result.status !== 'completed') process.exitCode = 1;
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { run: cmdRun, qmp: cmdQmp, update: cmdUpdate };
+
+export function registerCommand(name: string, fn: (args: string[]) => Promise<void>): void { COMMANDS[name] = fn; }
+
+export async function main(argv: string[]): Promise<void> {
+  const [cmd, ...rest] = argv;
+  try {
+    if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') { process.stdout.write(`${USAGE}\n`); return; }
+    const fn = COMMANDS[cmd];
+    if (!fn) throw new UsageError(`unknown command '${cmd}'\n${USAGE}`);
+    await fn(rest);
+  } catch (e) {
+    fail(e);
+  }
+}
+
+export function fail(e: unknown): never {
+  const msg = e instanceof Error ? e.message : String(e);
+  process.stderr.write(`minivmm: ${msg}\n`);
+  if (process.env.MINIVMM_DEBUG && e instanceof Error) process.stderr.write(`${e.stack}\n`);
+  process.exit(e instanceof UsageError ? 2 : 1);
+}

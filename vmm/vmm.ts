@@ -1,0 +1,118 @@
+// The VMM process: one machine, its monitor, and the migration (live update) state machine.
+import { unlinkSync } from 'node:fs';
+import { Machine } from './machine.js';
+import { QmpServer, QmpError } from './qmp.js';
+import { log } from './log.js';
+import type { VcpuEvent } from './vcpus.js';
+import type { UpdateRecord } from '../cpr/state.js';
+
+export const VERSION = { major: 0, minor: 1, micro: 0, package: 'minivmm 0.1.0' };
+
+export interface UpdateResult {
+  n: number;
+  downtime: number;
+  path: string;
+  phases: Record<string, number>;
+}
+
+export interface MigrationInfo {
+  status: 'none' | 'setup' | 'active' | 'completed' | 'failed';
+  error?: string;
+  last?: UpdateResult;
+}
+
+export type Migrator = (vmm: Vmm, command: string[] | null) => Promise<void>;
+
+export class Vmm {
+  machine!: Machine;
+  qmp?: QmpServer;
+  params: { mode: string; cprExecCommand: string[] | null } = { mode: 'normal', cprExecCommand: null };
+  migration: MigrationInfo = { status: 'none' };
+  /** Updates this VM went through (carried across exec in the state). */
+  history: UpdateRecord['history'] = [];
+  private exiting = false;
+
+  constructor(private migrator: Migrator) {}
+
+  /** vCPU threads report guest exit (exit port) and fatal errors here. */
+  onVcpuEvent = (e: VcpuEvent): void => {
+    if (e.type === 'exit') void this.exit(e.code);
+    else { process.stderr.write(`minivmm: ${e.message}\n`); void this.exit(1); }
+  };
+
+  async exit(code: number): Promise<never> {
+    if (!this.exiting) {
+      this.exiting = true;
+      if (this.qmp) this.qmp.event('SHUTDOWN', { guest: true, reason: 'guest-shutdown' });
+      if (this.machine?.config.qmp) { try { unlinkSync(this.machine.config.qmp); } catch { /* already gone */ } }
+      for (const hook of this.exitHooks) { try { await hook(); } catch { /* best effort */ } }
+    }
+    process.exit(code);
+  }
+  exitHooks: (() => Promise<void> | void)[] = [];
+
+  async startMonitor(qmp: QmpServer): Promise<void> {
+    this.qmp = qmp;
+    const q = qmp;
+    q.register('query-status', () => ({ status: this.machine.running ? 'running' : 'paused', running: this.machine.running, singlestep: false }));
+    q.register('query-version', () => ({ qemu: { major: VERSION.major, minor: VERSION.minor, micro: VERSION.micro }, package: VERSION.package }));
+    q.register('stop', () => {
+      if (this.machine.running) { this.machine.pause(); q.event('STOP'); }
+      return {};
+    });
+    q.register('cont', () => {
+      if (this.migration.status === 'active' || this.migration.status === 'setup') throw new QmpError('a migration is in progress');
+      if (!this.machine.running) { this.machine.resume(); q.event('RESUME'); }
+      return {};
+    });
+    q.register('quit', (_args, client) => {
+      client.send({ return: {} }, () => void this.exit(0));
+      return new Promise(() => {}); // replied above; never resolves
+    });
+    q.register('migrate-set-parameters', (args) => {
+      const { mode, 'cpr-exec-command': cmd } = args as { mode?: unknown; 'cpr-exec-command'?: unknown };
+      if (mode !== undefined) {
+        if (mode !== 'normal' && mode !== 'cpr-exec') throw new QmpError(`Parameter 'mode' does not accept value '${String(mode)}' (supported: normal, cpr-exec)`);
+        this.params.mode = mode;
+      }
+      if (cmd !== undefined) {
+        if (!Array.isArray(cmd) || !cmd.every((a) => typeof a === 'string' && a.length > 0)) {
+          throw new QmpError("Parameter 'cpr-exec-command' expects an array of non-empty strings");
+        }
+        // [] means the default: this build, same options.
+        this.params.cprExecCommand = cmd.length ? (cmd as string[]) : null;
+      }
+      return {};
+    });
+    q.register('query-migrate-parameters', () => ({ mode: this.params.mode, 'cpr-exec-command': this.params.cprExecCommand ?? [] }));
+    q.register('query-migrate', () => this.queryMigrate());
+    q.register('migrate', async (args) => {
+      const uri = (args as { uri?: unknown }).uri;
+      if (typeof uri !== 'string' || !uri.startsWith('file:') || uri.length <= 5) throw new QmpError("Parameter 'uri' must be 'file:PATH' (the CPR state itself travels in a memfd)");
+      if (this.params.mode !== 'cpr-exec') throw new QmpError(`migration mode '${this.params.mode}' is not supported: set mode 'cpr-exec' with migrate-set-parameters`);
+      if (this.migration.status === 'setup' || this.migration.status === 'active') throw new QmpError('There is already a migration in progress');
+      this.migration = { status: 'setup', last: this.migration.last };
+      q.event('MIGRATION', { status: 'setup' });
+      // Reply first: the exec that follows closes this connection.
+      setImmediate(() => { void this.migrator(this, this.params.cprExecCommand); });
+      return {};
+    });
+  }
+
+  queryMigrate(): Record<string, unknown> {
+    const m = this.migration;
+    if (m.status === 'none') return {};
+    const out: Record<string, unknown> = { status: m.status };
+    if (m.error) out['error-desc'] = m.error;
+    if (m.last && m.status === 'completed') {
+      out.downtime = m.last.downtime;
+      out['total-time'] = m.last.downtime;
+      out.cpr = { n: m.last.n, path: m.last.path, phases: m.last.phases };
+    }
+    return out;
+  }
+
+  async logUpdate(r: UpdateResult): Promise<void> {
+    (await log()).info({ update: r.n, path: r.path, downtime_ms: r.downtime, phases: r.phases }, `live update ${r.n}: blackout ${r.downtime.toFixed(1)} ms`);
+  }
+}
