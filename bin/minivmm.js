@@ -2,6 +2,8 @@
 // Entry point. A process started by cpr-exec (state fd in the environment) goes straight to the
 // restore path and loads nothing else first: its start-up is part of the guest's blackout.
 const entryTime = process.hrtime.bigint();
+// Each running vCPU holds a libuv pool thread in KVM_RUN: room for 4 vCPUs beside Node's own 4.
+process.env.UV_THREADPOOL_SIZE ??= '8';
 if (process.env.MINIVMM_CPR_STATE !== undefined) {
   const { incoming } = await import('../dist/cpr/incoming.js');
   try {

@@ -6,7 +6,7 @@ import {
   memfdCreate, fcntl, close, execve, setCloexec, isCloexec, MFD_CLOEXEC, MFD_ALLOW_SEALING, F_ADD_SEALS,
   F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
 } from '../src/libc.js';
-import { encodeState, type NamedFd, type CprState } from './state.js';
+import { encodeState, loadEncoder, type NamedFd, type CprState } from './state.js';
 import type { Vmm } from '../vmm/vmm.js';
 import { log } from '../vmm/log.js';
 
@@ -41,13 +41,14 @@ export function defaultCommand(): string[] {
 
 export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void> {
   const argv = command ?? defaultCommand();
+  await loadEncoder();
   const qmp = vmm.qmp;
   const t = { pauseStart: now(), paused: 0n, saved: 0n, execStart: 0n };
   const wasRunning = vmm.machine.running;
   vmm.migration.status = 'active';
   qmp?.event('MIGRATION', { status: 'active' });
 
-  vmm.machine.pause();
+  await vmm.machine.pause();
   t.paused = now();
   qmp?.event('STOP');
 

@@ -9,6 +9,7 @@ import { decodeState, findFd, type CprState } from './state.js';
 import { STATE_ENV, TIMES_ENV } from './exec.js';
 import { Vmm, VERSION } from '../vmm/vmm.js';
 import { cprExec } from './exec.js';
+import { setLogLevel } from '../vmm/log.js';
 
 const ms = (a: bigint, b: bigint): number => Number(b - a) / 1e6;
 const round = (x: number): number => Math.round(x * 100) / 100;
@@ -42,12 +43,10 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
   const vmm = new Vmm(cprExec);
   const { machine: ms0, fds } = state;
   const serialFd = ms0.config.serial === 'stdio' ? 1 : findFd(fds, 'serial');
-  // Threads first: their start-up overlaps building the VM.
-  const { threads, serialShared } = Machine.spawnThreads(ms0.config.smp, serialFd, vmm.onVcpuEvent);
   const mem = GuestMemory.adopt(ms0.memory.map((r, i) => ({ ...r, fd: findFd(fds, 'ram', i) })));
-  vmm.machine = Machine.restore(ms0, mem, threads, serialFd, serialShared);
+  vmm.machine = Machine.restore(ms0, mem, serialFd, vmm.onVcpuEvent);
   t.vm = process.hrtime.bigint();
-  await vmm.machine.start();
+  vmm.machine.start();
   t.resumed = process.hrtime.bigint();
 
   // The guest runs again. Kept fds get CLOEXEC back so nothing we spawn inherits them.
@@ -75,6 +74,7 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
     vmm.qmp!.event('RESUME');
     vmm.qmp!.event('MIGRATION', { status: 'completed' });
   }
+  setLogLevel(ms0.config.logLevel);
   await vmm.logUpdate(result);
   return vmm;
 }

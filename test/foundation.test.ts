@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { openSync, writeFileSync, closeSync } from 'node:fs';
 import { describeWith } from './facility.js';
 import { runMinivmm, VmProcess, counterValues, tempDir, writeTinyElf } from './harness.js';
-import { encodeState, type CprState } from '../cpr/state.js';
+import { encodeState, loadEncoder, type CprState } from '../cpr/state.js';
 
 const oneLineError = (stderr: string) => {
   const lines = stderr.trim().split('\n');
@@ -81,6 +81,8 @@ describe('bad input gets one line and a non-zero exit', () => {
     expect(r.stderr).toMatch(/segment 0/);
   });
 });
+
+await loadEncoder();
 
 describeWith(['kvm'], 'a corrupt CPR state blob is rejected by the new image', () => {
   const valid: CprState = {

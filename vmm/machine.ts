@@ -1,11 +1,11 @@
 // Machine assembly (Firecracker's vstate: vm, vcpus, memory) and its state: build a fresh VM, or
 // rebuild one from a saved MachineState over inherited RAM memfds.
-import { openSync } from 'node:fs';
+import { openSync, writeSync } from 'node:fs';
 import { Kvm, VmFd, VcpuFd, PIC_MASTER, PIC_SLAVE, IOAPIC, SIZE } from '../src/kvm.js';
 import { GuestMemory } from '../src/memory.js';
-import { Serial } from '../devices/serial.js';
+import { Serial, COM1_BASE, COM1_IRQ, EXIT_PORT } from '../devices/serial.js';
 import { prepareBoot, setupLongMode } from './boot.js';
-import { VcpuThreads, type VcpuEvent } from './vcpus.js';
+import { Vcpus, GuestExit, type VcpuEvent } from './vcpus.js';
 import type { MachineConfig, MachineState, VcpuState } from '../cpr/state.js';
 
 const TSS_ADDR = 0xfffbd000;
@@ -19,20 +19,37 @@ const MSR_CANDIDATES = [
 
 export interface MachineParts { kvm: Kvm; vm: VmFd; mem: GuestMemory; vcpus: VcpuFd[]; runSize: number; cpuid: Buffer }
 
+/** An MMIO region on the bus (virtio-mmio transports register here). */
+export interface MmioDevice { base: number; size: number; read(offset: number, data: Buffer): void; write(offset: number, data: Buffer): void }
+
 export class Machine {
   readonly serial: Serial;
+  readonly vcpus: Vcpus;
+  readonly mmioDevices: MmioDevice[] = [];
   private msrIndices: number[] = [];
   running = false;
 
   private constructor(
     readonly config: MachineConfig,
     readonly parts: MachineParts,
-    readonly threads: VcpuThreads,
     readonly serialFd: number,
-    serialShared: SharedArrayBuffer,
+    onEvent: (e: VcpuEvent) => void,
   ) {
-    // The main thread's view of the UART registers (for save/restore); output happens in vCPU threads.
-    this.serial = new Serial(serialShared, () => {}, () => {});
+    const { vm } = parts;
+    this.serial = new Serial(undefined, (byte) => writeSync(serialFd, Buffer.of(byte)), (level) => vm.irqLine(COM1_IRQ, level));
+    this.vcpus = new Vcpus(parts.mem, {
+      in: (port) => (port >= COM1_BASE && port < COM1_BASE + 8 ? this.serial.read(port - COM1_BASE) : 0xffffffff),
+      out: (port, _size, value) => {
+        if (port >= COM1_BASE && port < COM1_BASE + 8) this.serial.write(port - COM1_BASE, value & 0xff);
+        else if (port === EXIT_PORT) throw new GuestExit(value & 0xff);
+      },
+    }, (addr, isWrite, data) => this.mmio(addr, isWrite, data), onEvent);
+  }
+
+  private mmio(addr: number, isWrite: boolean, data: Buffer): void {
+    const d = this.mmioDevices.find((x) => addr >= x.base && addr + data.length <= x.base + x.size);
+    if (!d) { if (!isWrite) data.fill(0xff); return; } // nothing there
+    if (isWrite) d.write(addr - d.base, data); else d.read(addr - d.base, data);
   }
 
   get mem(): GuestMemory { return this.parts.mem; }
@@ -40,12 +57,6 @@ export class Machine {
   /** Opens the serial sink for a fresh start. */
   static openSerial(config: MachineConfig): number {
     return config.serial === 'stdio' ? 1 : openSync(config.serial, 'a');
-  }
-
-  /** Spawns the vCPU threads first: they load while the VM is built. */
-  static spawnThreads(smp: number, serialFd: number, onEvent: (e: VcpuEvent) => void): { threads: VcpuThreads; serialShared: SharedArrayBuffer } {
-    const serialShared = new SharedArrayBuffer(9 * 4);
-    return { threads: new VcpuThreads(smp, serialShared, serialFd, onEvent), serialShared };
   }
 
   /** A new VM over `mem`, with irqchip, PIT and vCPUs (CPUID set). */
@@ -68,28 +79,22 @@ export class Machine {
   }
 
   /** Fresh boot of `config.guest`. Returns with the vCPUs running. */
-  static async boot(config: MachineConfig, onEvent: (e: VcpuEvent) => void, devices: { type: number; irq: number; base: number; size: number }[] = []): Promise<Machine> {
+  static boot(config: MachineConfig, onEvent: (e: VcpuEvent) => void, devices: { type: number; irq: number; base: number; size: number }[] = []): Machine {
     const serialFd = Machine.openSerial(config);
-    const { threads, serialShared } = Machine.spawnThreads(config.smp, serialFd, onEvent);
-    try {
-      const mem = GuestMemory.create(config.memory);
-      const parts = Machine.buildVm(mem, config.smp);
-      const entry = prepareBoot(mem, config.guest, config.smp, devices, config.cmdline);
-      setupLongMode(parts.vcpus[0], entry, 0); // application processors wait for INIT/SIPI, as on hardware
-      const m = new Machine(config, parts, threads, serialFd, serialShared);
-      m.serial.load(Serial.initialState());
-      m.msrIndices = m.probeMsrs();
-      return m;
-    } catch (e) {
-      await threads.stop();
-      throw e;
-    }
+    const mem = GuestMemory.create(config.memory);
+    const parts = Machine.buildVm(mem, config.smp);
+    const entry = prepareBoot(mem, config.guest, config.smp, devices, config.cmdline);
+    setupLongMode(parts.vcpus[0], entry, 0); // application processors wait for INIT/SIPI, as on hardware
+    const m = new Machine(config, parts, serialFd, onEvent);
+    m.serial.load(Serial.initialState());
+    m.msrIndices = m.probeMsrs();
+    return m;
   }
 
-  /** Rebuilds the VM from saved state over already-mapped RAM; vCPU threads were spawned by the caller. */
-  static restore(state: MachineState, mem: GuestMemory, threads: VcpuThreads, serialFd: number, serialShared: SharedArrayBuffer): Machine {
+  /** Rebuilds the VM from saved state over already-mapped RAM. */
+  static restore(state: MachineState, mem: GuestMemory, serialFd: number, onEvent: (e: VcpuEvent) => void): Machine {
     const parts = Machine.buildVm(mem, state.config.smp, state.cpuid);
-    const m = new Machine(state.config, parts, threads, serialFd, serialShared);
+    const m = new Machine(state.config, parts, serialFd, onEvent);
     const { vm, vcpus } = parts;
     vm.setIrqchip(state.irqchip.picMaster);
     vm.setIrqchip(state.irqchip.picSlave);
@@ -119,15 +124,14 @@ export class Machine {
     return MSR_CANDIDATES.filter((idx) => v.getMsrs([idx]).size === 1);
   }
 
-  /** Hands the vCPUs to their threads; they start running unless `paused`. */
-  async start(paused = false): Promise<void> {
-    const { vm, mem, vcpus, runSize } = this.parts;
-    await this.threads.start(vcpus, { vmFd: vm.fd, ram: mem.regions.map((r) => ({ gpa: r.gpa, size: r.size, hostAddr: r.hostAddr })) }, runSize, paused);
+  /** Starts the vCPU loops; they run unless `paused`. */
+  start(paused = false): void {
+    this.vcpus.start(this.parts.vcpus, paused);
     this.running = !paused;
   }
 
-  pause(): void { this.threads.pause(); this.running = false; }
-  resume(): void { this.threads.resume(); this.running = true; }
+  async pause(): Promise<void> { await this.vcpus.pause(); this.running = false; }
+  resume(): void { this.vcpus.resume(); this.running = true; }
 
   /** Everything needed to rebuild this VM. The vCPUs must be paused. */
   save(devices: Record<string, unknown> = {}): MachineState {

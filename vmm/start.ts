@@ -8,10 +8,10 @@ import type { MachineConfig } from '../cpr/state.js';
 
 export async function startVmm(config: MachineConfig): Promise<Vmm> {
   const vmm = new Vmm(cprExec);
-  vmm.machine = await Machine.boot(config, vmm.onVcpuEvent);
+  vmm.machine = Machine.boot(config, vmm.onVcpuEvent);
   if (config.qmp) await vmm.startMonitor(await QmpServer.listen(config.qmp, VERSION));
   installSignalHandlers(vmm);
-  await vmm.machine.start();
+  vmm.machine.start();
   (await log()).debug({ guest: config.guest, memory: config.memory, smp: config.smp }, 'guest started');
   return vmm;
 }

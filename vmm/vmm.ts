@@ -56,8 +56,8 @@ export class Vmm {
     const q = qmp;
     q.register('query-status', () => ({ status: this.machine.running ? 'running' : 'paused', running: this.machine.running, singlestep: false }));
     q.register('query-version', () => ({ qemu: { major: VERSION.major, minor: VERSION.minor, micro: VERSION.micro }, package: VERSION.package }));
-    q.register('stop', () => {
-      if (this.machine.running) { this.machine.pause(); q.event('STOP'); }
+    q.register('stop', async () => {
+      if (this.machine.running) { await this.machine.pause(); q.event('STOP'); }
       return {};
     });
     q.register('cont', () => {

@@ -1,0 +1,9 @@
+/* hello: the smallest end-to-end check of load, entry, boot info, serial and exit. */
+#include "lib.h"
+
+void guest_main(struct bootinfo *bi)
+{
+	serial_puts("Hello from minivmm guest\n");
+	printk("ram=%lu cpus=%u\n", bi->ram_size, bi->nr_cpus);
+	exit(0);
+}
