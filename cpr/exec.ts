@@ -8,6 +8,7 @@ import {
 } from '../src/libc.js';
 import { encodeState, loadEncoder, type NamedFd, type CprState } from './state.js';
 import type { Vmm } from '../vmm/vmm.js';
+import type { VhostVdpa, VdpaState } from '../devices/vhost-vdpa.js';
 import { log } from '../vmm/log.js';
 
 export const STATE_ENV = 'MINIVMM_CPR_STATE';
@@ -19,6 +20,7 @@ const now = (): bigint => process.hrtime.bigint();
 /** The fds the new image needs, by name. */
 export function keptFds(vmm: Vmm): NamedFd[] {
   const fds: NamedFd[] = vmm.machine.mem.regions.map((r, i) => ({ name: 'ram', id: i, fd: r.fd }));
+  for (const d of vmm.vdpa) if (d.keptFd !== null) fds.push({ name: 'vdpa', id: d.index, fd: d.keptFd });
   if (vmm.machine.serialFd > 2) fds.push({ name: 'serial', id: 0, fd: vmm.machine.serialFd });
   if (vmm.qmp) fds.push({ name: 'qmp', id: 0, fd: vmm.qmp.fd });
   return fds;
@@ -55,9 +57,12 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
   let stateFd = -1;
   const kept = keptFds(vmm);
   const restoreCloexec: number[] = [];
+  const prepared: [VhostVdpa, VdpaState][] = [];
   try {
+    // Devices quiesce after the vCPUs: SUSPEND, ring bases (spec §4.2, old image).
+    for (const d of vmm.vdpa) prepared.push([d, d.prepareUpdate()]);
     const state: CprState = {
-      machine: vmm.machine.save(),
+      machine: vmm.machine.save({ vdpa: prepared.map(([, s]) => s), vdpaDaemon: vmm.daemon }),
       fds: kept,
       update: { n: vmm.history.length + 1, mode: 'cpr-exec', t, history: vmm.history },
     };
@@ -78,6 +83,9 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
     // Still the old image: every kept fd gets CLOEXEC again, the guest runs on.
     for (const fd of restoreCloexec) { try { setCloexec(fd, true); } catch { /* closed */ } }
     if (stateFd >= 0) { try { close(stateFd); } catch { /* ignore */ } }
+    for (const [d, saved] of prepared) {
+      try { d.resumeAfterFailedUpdate(saved); } catch (err) { (await log()).error({ err: (err as Error).message }, `vdpa device ${d.index} did not restart`); }
+    }
     if (wasRunning) { vmm.machine.resume(); qmp?.event('RESUME'); }
     const reason = (e as Error).message;
     vmm.migration = { status: 'failed', error: reason, last: vmm.migration.last };

@@ -7,7 +7,9 @@ import { GuestMemory } from '../src/memory.js';
 import { Machine } from '../vmm/machine.js';
 import { decodeState, findFd, type CprState } from './state.js';
 import { STATE_ENV, TIMES_ENV } from './exec.js';
-import { Vmm, VERSION } from '../vmm/vmm.js';
+import { Vmm, VERSION, type UpdateResult } from '../vmm/vmm.js';
+import { VhostVdpa } from '../devices/vhost-vdpa.js';
+import { stopDaemon } from '../vmm/vdpa.js';
 import { cprExec } from './exec.js';
 import { setLogLevel } from '../vmm/log.js';
 
@@ -28,7 +30,7 @@ export function readStateBlob(fd: number): Buffer {
 }
 
 export async function incoming(entryTime: bigint): Promise<Vmm> {
-  const t = { entry: entryTime, decoded: 0n, vm: 0n, restored: 0n, resumed: 0n };
+  const t = { entry: entryTime, decoded: 0n, vm: 0n, devices: 0n, resumed: 0n };
   const fdText = process.env[STATE_ENV]!;
   const [saved, execT0] = (process.env[TIMES_ENV] ?? '').split(',').map((x) => (/^\d+$/.test(x) ? BigInt(x) : entryTime));
   delete process.env[STATE_ENV];
@@ -43,29 +45,51 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
   const vmm = new Vmm(cprExec);
   const { machine: ms0, fds } = state;
   const serialFd = ms0.config.serial === 'stdio' ? 1 : findFd(fds, 'serial');
+  const inject = process.env.MINIVMM_INJECT;
+  delete process.env.MINIVMM_INJECT;
   const mem = GuestMemory.adopt(ms0.memory.map((r, i) => ({ ...r, fd: findFd(fds, 'ram', i) })));
   vmm.machine = Machine.restore(ms0, mem, serialFd, vmm.onVcpuEvent);
   t.vm = process.hrtime.bigint();
+  vmm.daemon = ms0.devices.vdpaDaemon;
+  vmm.exitHooks.push(() => stopDaemon(vmm.daemon));
+  const devices: NonNullable<UpdateResult['devices']> = [];
+  for (const s of ms0.devices.vdpa ?? []) {
+    const inherited = s.path === 'new-owner' ? findFd(fds, 'vdpa', s.index) : null;
+    const r = VhostVdpa.restore(s, inherited, vmm.machine.parts.vm, mem, inject);
+    vmm.vdpa.push(r.dev);
+    vmm.machine.mmioDevices.push(r.dev.transport);
+    devices.push({ index: s.index, path: r.path, note: r.note, timings: Object.fromEntries(Object.entries(r.timings).map(([k, v]) => [k, round(v as number)])) });
+  }
+  t.devices = process.hrtime.bigint();
   vmm.machine.start();
   t.resumed = process.hrtime.bigint();
+  for (const d of vmm.vdpa) d.notifyAll(); // notifications lost in the pause
 
   // The guest runs again. Kept fds get CLOEXEC back so nothing we spawn inherits them.
-  for (const f of fds) setCloexec(f.fd, true);
+  for (const f of fds) { try { setCloexec(f.fd, true); } catch { /* closed by a failed fast path */ } }
   const u = state.update;
-  const result = {
+  const sum = (k: 'newOwner' | 'remap' | 'map') => round(devices.reduce((a, d) => a + (d.timings[k] ?? 0), 0));
+  const result: UpdateResult = {
     n: u.n,
-    path: 'cpr-exec',
+    path: devices.length === 0 ? 'none' : devices.some((d) => d.path === 'fallback') ? 'fallback' : 'new-owner',
+    devices,
     downtime: round(ms(u.t.pauseStart, t.resumed)),
     phases: {
       pause: round(ms(u.t.pauseStart, u.t.paused)),
       save: round(ms(u.t.paused, saved ?? entryTime)),
       exec: round(ms(execT0 ?? entryTime, t.entry)),
-      restore: round(ms(t.entry, t.vm)),
-      resume: round(ms(t.vm, t.resumed)),
+      restore: round(ms(t.entry, t.devices)),
+      resume: round(ms(t.devices, t.resumed)),
+      kvm: round(ms(t.decoded, t.vm)),
+      devices: round(ms(t.vm, t.devices)),
+      new_owner: sum('newOwner'),
+      remap: sum('remap'),
+      repin: sum('map'),
       decode: round(ms(t.entry, t.decoded)),
     },
   };
   vmm.history = [...u.history, { n: u.n, downtime: result.downtime, path: result.path, phases: result.phases }];
+  for (const d of devices) if (d.note) process.stderr.write(`minivmm: vdpa device ${d.index}: ${d.note}\n`);
   vmm.migration = { status: 'completed', last: result };
   if (ms0.config.qmp) {
     const { QmpServer } = await import('../vmm/qmp.js');

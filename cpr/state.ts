@@ -4,6 +4,7 @@
 import { Unpackr } from 'msgpackr/unpack'; // the restore path loads only the decoder (half the load time)
 import { crc32 } from 'node:zlib';
 import type { Packr } from 'msgpackr';
+import type { VdpaState } from '../devices/vhost-vdpa.js';
 
 export const STATE_MAGIC = Buffer.from('MVMMCPR\0');
 export const STATE_VERSION = 1;
@@ -37,7 +38,7 @@ export interface MachineState {
   vcpus: VcpuState[];
   irqchip: { picMaster: Buffer; picSlave: Buffer; ioapic: Buffer };
   pit: Buffer;
-  devices: { serial: number[]; [device: string]: unknown };
+  devices: { serial: number[]; vdpa?: VdpaState[]; vdpaDaemon?: { pid: number; dir: string } };
 }
 
 /** Migration bookkeeping that rides along, so the new image can report the update. */

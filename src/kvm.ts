@@ -49,6 +49,7 @@ export const KVM = {
   SET_PIT2: iow(0xa0, SIZE.pitState2),
   GET_VCPU_EVENTS: ior(0x9f, SIZE.vcpuEvents),
   SET_VCPU_EVENTS: iow(0xa0, SIZE.vcpuEvents),
+  GET_TSC_KHZ: io(0xa3),
   GET_XSAVE: ior(0xa4, SIZE.xsave),
   SET_XSAVE: iow(0xa5, SIZE.xsave),
 } as const;
@@ -182,6 +183,7 @@ export class VcpuFd {
   setMpState(s: number): void { const b = Buffer.alloc(4); b.writeUInt32LE(s); ioctlBuf('KVM_SET_MP_STATE', this.fd, KVM.SET_MP_STATE, b); }
   getVcpuEvents(): Buffer { return this.get('KVM_GET_VCPU_EVENTS', KVM.GET_VCPU_EVENTS, SIZE.vcpuEvents); }
   setVcpuEvents(b: Buffer): void { ioctlBuf('KVM_SET_VCPU_EVENTS', this.fd, KVM.SET_VCPU_EVENTS, b); }
+  tscKhz(): number { return ioctl('KVM_GET_TSC_KHZ', this.fd, KVM.GET_TSC_KHZ); }
   setCpuid2(cpuid: Buffer): void { ioctlBuf('KVM_SET_CPUID2', this.fd, KVM.SET_CPUID2, cpuid); }
   /** Reads the given MSRs; returns only those KVM could read (KVM_GET_MSRS stops at the first failure). */
   getMsrs(indices: number[]): Map<number, bigint> {

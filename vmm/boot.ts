@@ -65,11 +65,11 @@ function buildPageTables(mem: GuestMemory): void {
   }
 }
 
-function writeBootInfo(mem: GuestMemory, cpus: number, devices: BootDevice[], cmdline: string): void {
+function writeBootInfo(mem: GuestMemory, cpus: number, devices: BootDevice[], cmdline: string, tscKhz: number): void {
   const b = Buffer.alloc(BOOT_INFO.size);
   b.writeUInt32LE(BOOT_INFO.magic, 0); b.writeUInt32LE(BOOT_INFO.version, 4);
   b.writeBigUInt64LE(BigInt(mem.size), 8);
-  b.writeUInt32LE(mem.regions.length, 16); b.writeUInt32LE(devices.length, 20); b.writeUInt32LE(cpus, 24);
+  b.writeUInt32LE(mem.regions.length, 16); b.writeUInt32LE(devices.length, 20); b.writeUInt32LE(cpus, 24); b.writeUInt32LE(tscKhz, 28);
   mem.regions.forEach((r, i) => { b.writeBigUInt64LE(BigInt(r.gpa), 32 + i * 16); b.writeBigUInt64LE(BigInt(r.size), 40 + i * 16); });
   if (devices.length > BOOT_INFO.maxDevices) throw new Error(`at most ${BOOT_INFO.maxDevices} devices`);
   devices.forEach((d, i) => {
@@ -87,7 +87,7 @@ const DATA: Segment = { base: 0n, limit: 0xffffffff, selector: 0x10, type: 0x3, 
 const TSS: Segment = { base: 0n, limit: 0x67, selector: 0x18, type: 0xb, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0 };
 
 /** Prepares memory for a fresh boot: page tables, GDT, boot info. Returns the entry point. */
-export function prepareBoot(mem: GuestMemory, imagePath: string, cpus: number, devices: BootDevice[], cmdline: string): number {
+export function prepareBoot(mem: GuestMemory, imagePath: string, cpus: number, devices: BootDevice[], cmdline: string, tscKhz: number): number {
   const { entry } = loadElf(mem, imagePath);
   buildPageTables(mem);
   const gdt = mem.view(GDT_ADDR, 32);
@@ -95,7 +95,7 @@ export function prepareBoot(mem: GuestMemory, imagePath: string, cpus: number, d
   gdt.writeBigUInt64LE(0x00af9b000000ffffn, 8); // 64-bit code
   gdt.writeBigUInt64LE(0x00cf93000000ffffn, 16); // data
   gdt.writeBigUInt64LE(0x00008b0000000067n, 24); // busy 64-bit TSS (KVM needs a usable TR)
-  writeBootInfo(mem, cpus, devices, cmdline);
+  writeBootInfo(mem, cpus, devices, cmdline, tscKhz);
   return entry;
 }
 

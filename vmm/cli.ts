@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
 import { MiB } from '../src/memory.js';
 import type { MachineConfig } from '../cpr/state.js';
+import { parseVdpaSpec } from './vdpa.js';
 
 export class UsageError extends Error {}
 
@@ -14,7 +15,7 @@ export const BUILTIN_GUESTS = ['hello', 'counter', 'memtest', 'netloop', 'blkche
 
 const USAGE = `usage: minivmm <command> [options]
   run      --guest NAME|PATH [--memory SIZE] [--smp N] [--serial stdio|FILE] [--qmp PATH]
-           [--append "key=value ..."] [--log-level LEVEL]
+           [--append "key=value ..."] [--vdpa PATH|sim:net|sim:blk[,va|pa][,no-new-owner]]... [--log-level LEVEL]
   qmp      --socket PATH COMMAND [JSON-ARGS]
   update   --socket PATH [--exec ARGV...] [--json]`;
 
@@ -61,6 +62,10 @@ export function parseRunConfig(args: string[]): MachineConfig {
   if (memory > totalmem()) throw new UsageError(`--memory ${values.memory} exceeds host memory (${Math.floor(totalmem() / MiB)} MiB)`);
   const smp = Number(values.smp);
   if (!Number.isInteger(smp) || smp < 1 || smp > 4) throw new UsageError(`--smp ${values.smp}: must be 1 to 4`);
+  const vdpa = values.vdpa as string[];
+  for (const v of vdpa) {
+    try { parseVdpaSpec(v); } catch (e) { throw new UsageError((e as Error).message); }
+  }
   const level = values['log-level'] as string;
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(level)) throw new UsageError(`--log-level ${level}: not a level (fatal, error, warn, info, debug, trace, silent)`);
   return {
@@ -70,7 +75,7 @@ export function parseRunConfig(args: string[]): MachineConfig {
     cmdline: values.append as string,
     qmp: values.qmp ? resolve(values.qmp as string) : null,
     logLevel: level,
-    vdpa: values.vdpa as string[],
+    vdpa: vdpa.map((v) => (v.startsWith('sim:') ? v : resolve(v))),
   };
 }
 

@@ -4,7 +4,7 @@ import { openSync, writeSync } from 'node:fs';
 import { Kvm, VmFd, VcpuFd, PIC_MASTER, PIC_SLAVE, IOAPIC, SIZE } from '../src/kvm.js';
 import { GuestMemory } from '../src/memory.js';
 import { Serial, COM1_BASE, COM1_IRQ, EXIT_PORT } from '../devices/serial.js';
-import { prepareBoot, setupLongMode } from './boot.js';
+import { prepareBoot, setupLongMode, type BootDevice } from './boot.js';
 import { Vcpus, GuestExit, type VcpuEvent } from './vcpus.js';
 import type { MachineConfig, MachineState, VcpuState } from '../cpr/state.js';
 
@@ -78,17 +78,21 @@ export class Machine {
     return { kvm, vm, mem, vcpus, runSize, cpuid: id };
   }
 
-  /** Fresh boot of `config.guest`. Returns with the vCPUs running. */
-  static boot(config: MachineConfig, onEvent: (e: VcpuEvent) => void, devices: { type: number; irq: number; base: number; size: number }[] = []): Machine {
+  /** A fresh machine: RAM, VM and vCPUs, no guest loaded yet (devices attach in between). */
+  static create(config: MachineConfig, onEvent: (e: VcpuEvent) => void): Machine {
     const serialFd = Machine.openSerial(config);
     const mem = GuestMemory.create(config.memory);
-    const parts = Machine.buildVm(mem, config.smp);
-    const entry = prepareBoot(mem, config.guest, config.smp, devices, config.cmdline);
-    setupLongMode(parts.vcpus[0], entry, 0); // application processors wait for INIT/SIPI, as on hardware
-    const m = new Machine(config, parts, serialFd, onEvent);
+    const m = new Machine(config, Machine.buildVm(mem, config.smp), serialFd, onEvent);
     m.serial.load(Serial.initialState());
     m.msrIndices = m.probeMsrs();
     return m;
+  }
+
+  /** Loads `config.guest` and points vCPU 0 at it; the boot info lists `devices`. */
+  loadGuest(devices: BootDevice[]): void {
+    const { mem, vcpus } = this.parts;
+    const entry = prepareBoot(mem, this.config.guest, this.config.smp, devices, this.config.cmdline, vcpus[0].tscKhz());
+    setupLongMode(vcpus[0], entry, 0); // application processors wait for INIT/SIPI, as on hardware
   }
 
   /** Rebuilds the VM from saved state over already-mapped RAM. */
@@ -134,7 +138,7 @@ export class Machine {
   resume(): void { this.vcpus.resume(); this.running = true; }
 
   /** Everything needed to rebuild this VM. The vCPUs must be paused. */
-  save(devices: Record<string, unknown> = {}): MachineState {
+  save(devices: Omit<MachineState['devices'], 'serial'> = {}): MachineState {
     const { vm, vcpus, mem, cpuid } = this.parts;
     return {
       config: this.config,

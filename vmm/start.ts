@@ -4,11 +4,24 @@ import { Vmm, VERSION } from './vmm.js';
 import { QmpServer } from './qmp.js';
 import { cprExec } from '../cpr/exec.js';
 import { log } from './log.js';
+import { parseVdpaSpec, resolveVdpaPaths, attachVdpa, stopDaemon } from './vdpa.js';
 import type { MachineConfig } from '../cpr/state.js';
 
 export async function startVmm(config: MachineConfig): Promise<Vmm> {
   const vmm = new Vmm(cprExec);
-  vmm.machine = Machine.boot(config, vmm.onVcpuEvent);
+  const specs = config.vdpa.map(parseVdpaSpec);
+  const { paths, daemon } = await resolveVdpaPaths(specs);
+  vmm.daemon = daemon;
+  vmm.exitHooks.push(() => stopDaemon(vmm.daemon));
+  try {
+    vmm.machine = Machine.create(config, vmm.onVcpuEvent);
+    const { devices, boot } = attachVdpa(vmm.machine, paths);
+    vmm.vdpa = devices;
+    vmm.machine.loadGuest(boot);
+  } catch (e) {
+    await stopDaemon(daemon);
+    throw e;
+  }
   if (config.qmp) await vmm.startMonitor(await QmpServer.listen(config.qmp, VERSION));
   installSignalHandlers(vmm);
   vmm.machine.start();

@@ -5,14 +5,18 @@ import { QmpServer, QmpError } from './qmp.js';
 import { log } from './log.js';
 import type { VcpuEvent } from './vcpus.js';
 import type { UpdateRecord } from '../cpr/state.js';
+import type { VhostVdpa } from '../devices/vhost-vdpa.js';
+import type { DaemonRef } from './vdpa.js';
 
 export const VERSION = { major: 0, minor: 1, micro: 0, package: 'minivmm 0.1.0' };
 
 export interface UpdateResult {
   n: number;
   downtime: number;
+  /** "new-owner" or "fallback" (the slowest any device took), "none" without devices. */
   path: string;
   phases: Record<string, number>;
+  devices?: { index: number; path: string; note?: string; timings: Record<string, number> }[];
 }
 
 export interface MigrationInfo {
@@ -25,6 +29,9 @@ export type Migrator = (vmm: Vmm, command: string[] | null) => Promise<void>;
 
 export class Vmm {
   machine!: Machine;
+  vdpa: VhostVdpa[] = [];
+  /** The embedded device daemon this VM started (it outlives our exec; stopped when the VM ends). */
+  daemon?: DaemonRef;
   qmp?: QmpServer;
   params: { mode: string; cprExecCommand: string[] | null } = { mode: 'normal', cprExecCommand: null };
   migration: MigrationInfo = { status: 'none' };
@@ -107,7 +114,7 @@ export class Vmm {
     if (m.last && m.status === 'completed') {
       out.downtime = m.last.downtime;
       out['total-time'] = m.last.downtime;
-      out.cpr = { n: m.last.n, path: m.last.path, phases: m.last.phases };
+      out.cpr = { n: m.last.n, path: m.last.path, phases: m.last.phases, devices: m.last.devices ?? [] };
     }
     return out;
   }

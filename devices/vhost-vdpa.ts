@@ -1,0 +1,304 @@
+// vhost-vdpa frontend: a virtio-mmio device whose data path is a /dev/vhost-vdpa-N (or the embedded
+// FUSE-served equivalent). Order of operations after QEMU's hw/virtio/vhost-vdpa.c; the live-update
+// sequence after the spec §4.2 (fast path: NEW_OWNER + batched REMAP) and §4.4 (slow fallback).
+import { writeSync } from 'node:fs';
+import { open, close, eventfd, O_RDWR, O_CLOEXEC, EFD_CLOEXEC, EFD_NONBLOCK, SyscallError } from '../src/libc.js';
+import { vhost, BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_STATUS as S } from '../src/vhost.js';
+import type { VmFd } from '../src/kvm.js';
+import type { GuestMemory } from '../src/memory.js';
+import { VirtioMmio, QUEUE_NOTIFY, type QueueRegs, type VirtioBackend, type VirtioMmioState } from './virtio-mmio.js';
+
+const VIRTIO_F_ACCESS_PLATFORM = 1n << 33n;
+/** What we negotiate when offered (QEMU's set plus PERSIST, so a reset keeps the parent's map). */
+const WANTED_BACKEND = BACKEND_F.IOTLB_MSG_V2 | BACKEND_F.IOTLB_BATCH | BACKEND_F.SUSPEND | BACKEND_F.RESUME
+  | BACKEND_F.IOTLB_PERSIST | BACKEND_F.NEW_OWNER | BACKEND_F.IOTLB_REMAP;
+
+export type UpdatePath = 'new-owner' | 'fallback';
+
+/** One IOTLB entry: guest RAM region `region` at iova = its guest-physical address. */
+export interface Mapping { iova: number; size: number; region: number }
+
+/** Saved across exec (fds are named ('vdpa', index), never stored as numbers). */
+export interface VdpaState {
+  index: number; devicePath: string; gsi: number; base: number;
+  deviceId: number; deviceFeatures: string; offered: string; negotiated: string;
+  vqs: number; queueMax: number; configSize: number;
+  transport: VirtioMmioState;
+  /** Device status before the update, and whether it was reset (reset-style) for it. */
+  status: number; reset: boolean;
+  bases: number[];
+  mappings: Mapping[];
+  path: UpdatePath;
+}
+
+export interface RestoreTimings { newOwner?: number; remap?: number; map?: number; reopen?: number; rings: number; total: number }
+
+const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
+const hex = (v: bigint) => v.toString(16);
+const big = (h: string) => BigInt(`0x${h}`);
+
+export class VhostVdpa implements VirtioBackend {
+  readonly transport: VirtioMmio;
+  private kick: number[] = [];
+  private call: number[] = [];
+  /** Status as last set on the device (the guest's view is the transport's). */
+  private deviceStatus = 0;
+
+  private constructor(
+    public fd: number, readonly index: number, readonly devicePath: string, readonly gsi: number, readonly base: number,
+    readonly deviceId: number, readonly deviceFeatures: bigint, readonly offered: bigint, readonly negotiated: bigint,
+    readonly vqs: number, readonly maxQueueSize: number, readonly configSize: number, readonly mappings: Mapping[],
+  ) {
+    this.transport = new VirtioMmio(base, this, vqs);
+  }
+
+  get updatePath(): UpdatePath { return (this.offered & BACKEND_F.NEW_OWNER) ? 'new-owner' : 'fallback'; }
+  get has() { return (bit: bigint) => (this.negotiated & bit) !== 0n; }
+
+  /** Opens and owns a device for a fresh VM: probe, negotiate, map all guest RAM (batched). */
+  static open(path: string, index: number, vm: VmFd, mem: GuestMemory, gsi: number, base: number): VhostVdpa {
+    const fd = openDevice(path);
+    try {
+      vhost.setOwner(fd);
+      const dev = VhostVdpa.probe(fd, index, path, gsi, base, mem);
+      try { dev.mapAll(mem, IOTLB.UPDATE); } catch (e) {
+        throw new Error(`${path}: mapping guest RAM failed: ${(e as Error).message} (a pinning device needs RLIMIT_MEMLOCK ≥ guest RAM)`);
+      }
+      dev.wire(vm);
+      return dev;
+    } catch (e) {
+      close(fd);
+      throw e;
+    }
+  }
+
+  private static probe(fd: number, index: number, path: string, gsi: number, base: number, mem: GuestMemory): VhostVdpa {
+    const offered = vhost.getBackendFeatures(fd);
+    const negotiated = offered & WANTED_BACKEND;
+    vhost.setBackendFeatures(fd, negotiated);
+    const range = vhost.getIovaRange(fd);
+    const mappings = mem.regions.map((r, i) => ({ iova: r.gpa, size: r.size, region: i }));
+    for (const m of mappings) {
+      if (BigInt(m.iova) < range.first || BigInt(m.iova + m.size - 1) > range.last) {
+        throw new Error(`${path}: guest RAM at 0x${m.iova.toString(16)} is outside the device's IOVA range`);
+      }
+    }
+    return new VhostVdpa(fd, index, path, gsi, base, vhost.getDeviceId(fd), vhost.getFeatures(fd), offered, negotiated,
+      vhost.getVqsCount(fd), vhost.getVringNum(fd), vhost.getConfigSize(fd), mappings);
+  }
+
+  /** One UPDATE (or REMAP) per RAM region, in one batch when the device batches. */
+  private mapAll(mem: GuestMemory, type: number): void {
+    const batch = this.has(BACKEND_F.IOTLB_BATCH);
+    const msg = (t: number, iova = 0, size = 0, uaddr = 0, perm = 0) =>
+      vhost.iotlb(this.fd, { type: t, iova: BigInt(iova), size: BigInt(size), uaddr: BigInt(uaddr), perm });
+    if (batch) msg(IOTLB.BATCH_BEGIN);
+    for (const m of this.mappings) {
+      msg(type, m.iova, m.size, mem.regions[m.region].hostAddr, type === IOTLB.REMAP ? 0 : IOTLB_PERM.RW);
+    }
+    if (batch) msg(IOTLB.BATCH_END);
+  }
+
+  /** Kick eventfds as KVM ioeventfds on QueueNotify (datamatch = queue), call eventfds as irqfds. */
+  private wire(vm: VmFd): void {
+    for (let q = 0; q < this.vqs; q++) {
+      const k = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), c = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      vm.ioeventfd(k, this.base + QUEUE_NOTIFY, 4, { datamatch: q });
+      vm.irqfd(c, this.gsi);
+      this.kick.push(k); this.call.push(c);
+    }
+  }
+
+  // ---- VirtioBackend ----
+  queueMax(i: number): number { return i < this.vqs ? this.maxQueueSize : 0; }
+  readConfig(offset: number, len: number): Buffer {
+    if (offset + len > this.configSize) return Buffer.alloc(len);
+    return vhost.getConfig(this.fd, offset, len);
+  }
+
+  setStatus(status: number, driverFeatures: bigint, queues: QueueRegs[]): number {
+    try {
+      if (status === 0) { this.setDeviceStatus(0); return 0; }
+      const prev = this.deviceStatus;
+      if ((status & S.FEATURES_OK) && !(prev & S.FEATURES_OK)) {
+        vhost.setFeatures(this.fd, driverFeatures | (this.deviceFeatures & VIRTIO_F_ACCESS_PLATFORM));
+      }
+      if ((status & S.DRIVER_OK) && !(prev & S.DRIVER_OK)) this.startQueues(queues, []);
+      this.setDeviceStatus(status);
+      return vhost.getStatus(this.fd);
+    } catch {
+      return status | S.NEEDS_RESET; // the driver sees a device that wants a reset, not a hung VMM
+    }
+  }
+
+  /** ACCESS_PLATFORM is between us and the device (IOVA = guest-physical); the guest never sees it. */
+  get guestFeatures(): bigint { return this.deviceFeatures & ~VIRTIO_F_ACCESS_PLATFORM; }
+
+  private setDeviceStatus(s: number): void { vhost.setStatus(this.fd, s); this.deviceStatus = s; }
+
+  /** Programs every ready queue; `bases` resumes ring indexes after an update. */
+  private startQueues(queues: QueueRegs[], bases: number[]): void {
+    queues.forEach((q, i) => {
+      if (!q.ready || i >= this.vqs) return;
+      vhost.setVringNum(this.fd, i, q.num);
+      vhost.setVringAddr(this.fd, { index: i, flags: 0, desc: q.desc, used: q.used, avail: q.avail, log: 0n });
+      vhost.setVringBase(this.fd, i, bases[i] ?? 0);
+      vhost.setVringKick(this.fd, i, this.kick[i]);
+      vhost.setVringCall(this.fd, i, this.call[i]);
+      vhost.setVringEnable(this.fd, i, true);
+    });
+  }
+
+  /** Walks the status back up to `status` with the saved features and ring bases (reset-style / fallback). */
+  private reinit(status: number, bases: number[]): void {
+    if (!status) return;
+    this.setDeviceStatus(S.ACKNOWLEDGE);
+    if (status & S.DRIVER) this.setDeviceStatus(S.ACKNOWLEDGE | S.DRIVER);
+    if (status & S.FEATURES_OK) {
+      vhost.setFeatures(this.fd, this.transport.negotiatedFeatures | (this.deviceFeatures & VIRTIO_F_ACCESS_PLATFORM));
+      this.setDeviceStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK);
+    }
+    if (status & S.DRIVER_OK) {
+      this.startQueues(this.transport.queues, bases);
+      this.setDeviceStatus(status);
+    }
+  }
+
+  // ---- live update ----
+
+  /**
+   * Old image, vCPUs paused: quiesce and record. SUSPEND, read the ring bases; reset only when the
+   * device cannot RESUME. No INVALIDATE: the mappings (and pins) must survive.
+   */
+  prepareUpdate(): VdpaState {
+    const status = this.deviceStatus;
+    const running = (status & S.DRIVER_OK) !== 0;
+    let bases: number[] = [];
+    let reset = false;
+    if (running) {
+      if (this.has(BACKEND_F.SUSPEND)) vhost.suspend(this.fd);
+      bases = this.transport.queues.map((q, i) => (q.ready && i < this.vqs ? vhost.getVringBase(this.fd, i) : 0));
+      reset = !this.has(BACKEND_F.RESUME) || this.updatePath === 'fallback';
+      if (reset && this.updatePath === 'new-owner') this.setDeviceStatus(0);
+    }
+    return {
+      index: this.index, devicePath: this.devicePath, gsi: this.gsi, base: this.base,
+      deviceId: this.deviceId, deviceFeatures: hex(this.deviceFeatures), offered: hex(this.offered), negotiated: hex(this.negotiated),
+      vqs: this.vqs, queueMax: this.maxQueueSize, configSize: this.configSize,
+      transport: this.transport.save(), status, reset, bases, mappings: this.mappings, path: this.updatePath,
+    };
+  }
+
+  /** Old image, the exec failed: we are still the owner and our addresses are valid; restart. */
+  resumeAfterFailedUpdate(saved: VdpaState): void {
+    if (!(saved.status & S.DRIVER_OK)) return;
+    if (saved.reset && saved.path === 'new-owner') this.reinit(saved.status, saved.bases);
+    else if (this.has(BACKEND_F.RESUME)) vhost.resume(this.fd);
+    this.notifyAll();
+  }
+
+  /** The fd to keep across exec: only on the fast path. The fallback lets it close (that releases the device). */
+  get keptFd(): number | null { return this.updatePath === 'new-owner' ? this.fd : null; }
+
+  /**
+   * New image. Fast path: NEW_OWNER on the inherited fd, REMAP every entry in one batch when the
+   * device keeps virtual addresses, re-point kick/call at the new VM and RESUME (or re-walk the
+   * status after a reset). Fallback: reopen, SET_OWNER, UPDATE everything (re-pins), re-walk.
+   */
+  static restore(s: VdpaState, inheritedFd: number | null, vm: VmFd, mem: GuestMemory, inject?: string): { dev: VhostVdpa; timings: RestoreTimings; path: UpdatePath; note?: string } {
+    const t0 = process.hrtime.bigint();
+    const timings: RestoreTimings = { rings: 0, total: 0 };
+    let path: UpdatePath = s.path;
+    let note: string | undefined;
+    let dev: VhostVdpa | undefined;
+    if (s.path === 'new-owner' && inheritedFd !== null) {
+      try {
+        if (inject === 'fail-before-new-owner') throw new Error('injected failure before VHOST_NEW_OWNER');
+        const t = process.hrtime.bigint();
+        vhost.newOwner(inheritedFd);
+        timings.newOwner = ms(t);
+        dev = VhostVdpa.fromState(s, inheritedFd);
+        if (dev.offered & BACKEND_F.IOTLB_REMAP) {
+          const tr = process.hrtime.bigint();
+          dev.mapAll(mem, IOTLB.REMAP);
+          timings.remap = ms(tr);
+        }
+      } catch (e) {
+        // Leave the device unowned rather than wedged: closing the last fd releases it.
+        try { close(inheritedFd); } catch { /* already closed */ }
+        if (inject === 'fail-before-new-owner') throw new Error(`vdpa device ${s.index} (${s.devicePath}): ${(e as Error).message}; its fd was closed, so the device is released`);
+        note = `fast path failed (${(e as Error).message}); device released and re-acquired by the slow path`;
+        dev = undefined;
+        path = 'fallback';
+      }
+    }
+    if (!dev) {
+      path = 'fallback';
+      const tr = process.hrtime.bigint();
+      const fd = openDevice(s.devicePath, 2000);
+      timings.reopen = ms(tr);
+      try {
+        vhost.setOwner(fd);
+        vhost.setBackendFeatures(fd, big(s.negotiated) & vhost.getBackendFeatures(fd));
+        dev = VhostVdpa.fromState(s, fd);
+        const tm = process.hrtime.bigint();
+        dev.mapAll(mem, IOTLB.UPDATE);
+        timings.map = ms(tm);
+      } catch (e) { close(fd); throw e; }
+    }
+    const tq = process.hrtime.bigint();
+    dev.wire(vm);
+    if (s.status & S.DRIVER_OK) {
+      if (path === 'new-owner' && !s.reset) {
+        dev.deviceStatus = s.status;
+        dev.transport.queues.forEach((q, i) => {
+          if (!q.ready || i >= dev!.vqs) return;
+          vhost.setVringKick(dev!.fd, i, dev!.kick[i]);
+          vhost.setVringCall(dev!.fd, i, dev!.call[i]);
+        });
+        vhost.resume(dev.fd);
+      } else {
+        dev.reinit(s.status, s.bases);
+      }
+    } else {
+      dev.reinit(s.status, []);
+    }
+    timings.rings = ms(tq);
+    timings.total = ms(t0);
+    return { dev, timings, path, note };
+  }
+
+  private static fromState(s: VdpaState, fd: number): VhostVdpa {
+    const dev = new VhostVdpa(fd, s.index, s.devicePath, s.gsi, s.base, s.deviceId, big(s.deviceFeatures), big(s.offered), big(s.negotiated),
+      s.vqs, s.queueMax, s.configSize, s.mappings);
+    dev.transport.load(s.transport);
+    return dev;
+  }
+
+  /** After the vCPUs resume: one kick per queue and one interrupt, for notifications lost in the pause. */
+  notifyAll(): void {
+    const one = Buffer.alloc(8); one.writeBigUInt64LE(1n);
+    this.transport.queues.forEach((q, i) => {
+      if (!q.ready || i >= this.vqs) return;
+      writeSync(this.kick[i], one);
+      writeSync(this.call[i], one);
+    });
+  }
+
+  /** Releases the device (the last close resets it and drops its mappings) and our eventfds. */
+  close(): void {
+    for (const fd of [...this.kick, ...this.call, this.fd]) { try { close(fd); } catch { /* closed */ } }
+    this.kick = []; this.call = [];
+  }
+}
+
+/** open(2) of a vhost-vdpa node; EBUSY (the previous holder still closing) is retried until `waitMs`. */
+export function openDevice(path: string, waitMs = 0): number {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try { return open(path, O_RDWR | O_CLOEXEC); } catch (e) {
+      if (!(e instanceof SyscallError && e.code === 'EBUSY') || Date.now() >= deadline) throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+    }
+  }
+}

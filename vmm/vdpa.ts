@@ -1,0 +1,97 @@
+// `--vdpa` devices: a vhost-vdpa node path, or `sim:net|sim:blk[,va|pa][,no-new-owner]`, served by
+// the embedded device daemon (started here, for the VM's lifetime: it survives our exec).
+import { mkdtempSync, rmdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { VhostVdpa } from '../devices/vhost-vdpa.js';
+import { VIRTIO_MMIO_SIZE } from '../devices/virtio-mmio.js';
+import type { Machine } from './machine.js';
+import { prlimit, RLIMIT_MEMLOCK } from '../src/libc.js';
+import type { BootDevice } from './boot.js';
+
+export const VDPA_MMIO_BASE = 0xd0000000, VDPA_GSI_BASE = 16, MAX_VDPA = 8;
+
+export type VdpaSpec =
+  | { kind: 'path'; path: string }
+  | { kind: 'sim'; type: 'net' | 'blk'; dma: 'va' | 'pa'; model?: 'no-new-owner'; quirks: { remapLagsOutsideBatch?: boolean; newOwnerRlimitBeforeBusy?: boolean } };
+
+export class VdpaSpecError extends Error {}
+
+export function parseVdpaSpec(text: string): VdpaSpec {
+  if (!text.startsWith('sim:')) {
+    if (!text.startsWith('/') && !text.startsWith('.')) throw new VdpaSpecError(`--vdpa ${text}: expected a device path or sim:net|sim:blk[,va|pa][,no-new-owner]`);
+    return { kind: 'path', path: text };
+  }
+  const [type, ...opts] = text.slice(4).split(',');
+  if (type !== 'net' && type !== 'blk') throw new VdpaSpecError(`--vdpa ${text}: the embedded device is sim:net or sim:blk`);
+  const spec: VdpaSpec = { kind: 'sim', type, dma: 'va', quirks: {} };
+  for (const o of opts) {
+    if (o === 'va' || o === 'pa') spec.dma = o;
+    else if (o === 'no-new-owner') spec.model = o;
+    else if (o === 'remapLagsOutsideBatch' || o === 'newOwnerRlimitBeforeBusy') spec.quirks[o] = true;
+    else throw new VdpaSpecError(`--vdpa ${text}: unknown option '${o}' (va, pa, no-new-owner, remapLagsOutsideBatch, newOwnerRlimitBeforeBusy)`);
+  }
+  return spec;
+}
+
+export interface DaemonRef { pid: number; dir: string }
+
+/** Starts the daemon for the sim devices (if any); returns the node path of every device, in order. */
+export async function resolveVdpaPaths(specs: VdpaSpec[]): Promise<{ paths: string[]; daemon?: DaemonRef }> {
+  const sims = specs.filter((s): s is Extract<VdpaSpec, { kind: 'sim' }> => s.kind === 'sim');
+  let daemon: DaemonRef | undefined;
+  const simPaths: string[] = [];
+  if (sims.length) {
+    const { startVdpaDaemon } = await import('../devices/vdpa/launch.js');
+    const dir = mkdtempSync(join(tmpdir(), 'minivmm-vdpa-'));
+    const d = await startVdpaDaemon({
+      dir,
+      devices: sims.map((s, i) => ({ name: `vhost-vdpa-${i}`, type: s.type, dma: s.dma, model: s.model, quirks: s.quirks })),
+    });
+    daemon = { pid: d.pid, dir: d.dir };
+    simPaths.push(...d.paths);
+  }
+  return { paths: specs.map((s) => (s.kind === 'path' ? s.path : simPaths.shift()!)), daemon };
+}
+
+/**
+ * Devices that pin (PA mode) count guest RAM against RLIMIT_MEMLOCK, root included (spec §3.9).
+ * Raise the limit to cover every device pinning all of RAM, as one would with `ulimit -l`; the
+ * new image inherits it across exec, which the fast path needs (§4.1).
+ */
+export function ensureMemlock(ramBytes: number, devices: number): void {
+  const need = BigInt(ramBytes) * BigInt(devices) + 64n * 2n ** 20n;
+  const [soft, hard] = prlimit(0, RLIMIT_MEMLOCK);
+  if (soft >= need) return;
+  try {
+    prlimit(0, RLIMIT_MEMLOCK, [need, hard > need ? hard : need]);
+  } catch {
+    // Without CAP_SYS_RESOURCE the hard limit stays; go as far as it allows. A pinning device
+    // then refuses the mapping and the error says why.
+    if (hard > soft) prlimit(0, RLIMIT_MEMLOCK, [hard, hard]);
+  }
+}
+
+/** Opens every device on a fresh machine and puts its transport on the MMIO bus. */
+export function attachVdpa(machine: Machine, paths: string[]): { devices: VhostVdpa[]; boot: BootDevice[] } {
+  if (paths.length > MAX_VDPA) throw new VdpaSpecError(`at most ${MAX_VDPA} --vdpa devices`);
+  if (paths.length) ensureMemlock(machine.mem.size, paths.length);
+  const devices: VhostVdpa[] = [];
+  try {
+    paths.forEach((p, i) => {
+      devices.push(VhostVdpa.open(p, i, machine.parts.vm, machine.mem, VDPA_GSI_BASE + i, VDPA_MMIO_BASE + i * VIRTIO_MMIO_SIZE));
+    });
+  } catch (e) {
+    for (const d of devices) d.close();
+    throw e;
+  }
+  for (const d of devices) machine.mmioDevices.push(d.transport);
+  return { devices, boot: devices.map((d) => ({ type: d.deviceId, irq: d.gsi, base: d.base, size: VIRTIO_MMIO_SIZE })) };
+}
+
+export async function stopDaemon(d: DaemonRef | undefined): Promise<void> {
+  if (!d) return;
+  const { stopVdpaDaemon } = await import('../devices/vdpa/launch.js');
+  await stopVdpaDaemon(d.pid, d.dir);
+  try { rmdirSync(d.dir); } catch { /* not empty or gone */ }
+}
