@@ -17,7 +17,8 @@ const USAGE = `usage: minivmm <command> [options]
   run      --guest NAME|PATH [--memory SIZE] [--smp N] [--serial stdio|FILE] [--qmp PATH]
            [--append "key=value ..."] [--vdpa PATH|sim:net|sim:blk[,va|pa][,no-new-owner]]... [--log-level LEVEL]
   qmp      --socket PATH COMMAND [JSON-ARGS]
-  update   --socket PATH [--exec ARGV...] [--json]`;
+  update   --socket PATH [--exec ARGV...] [--json]
+  demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--json]   (npm start)`;
 
 /** "512M", "1G", "16GiB", "1048576" → bytes. */
 export function parseSize(text: string): number {
@@ -133,7 +134,23 @@ async function cmdUpdate(args: string[]): Promise<void> {
   if (result.status !== 'completed') process.exitCode = 1;
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { run: cmdRun, qmp: cmdQmp, update: cmdUpdate };
+async function cmdDemo(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    updates: { type: 'string', default: '3' }, memory: { type: 'string', default: '1G' }, vdpa: { type: 'string', multiple: true },
+    json: { type: 'boolean', default: false }, 'interval-ms': { type: 'string', default: '2000' },
+  });
+  const updates = Number(values.updates);
+  if (!Number.isInteger(updates) || updates < 0 || updates > 10000) throw new UsageError(`--updates ${values.updates}: not a count`);
+  parseSize(values.memory as string);
+  const vdpa = (values.vdpa as string[] | undefined) ?? ['sim:net', 'sim:blk'];
+  for (const v of vdpa) { try { parseVdpaSpec(v); } catch (e) { throw new UsageError((e as Error).message); } }
+  checkKvm();
+  const { runDemo } = await import('./demo.js');
+  const r = await runDemo({ updates, memory: values.memory as string, vdpa, json: values.json as boolean, intervalMs: Number(values['interval-ms']) });
+  if (values.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { run: cmdRun, qmp: cmdQmp, update: cmdUpdate, demo: cmdDemo };
 
 export function registerCommand(name: string, fn: (args: string[]) => Promise<void>): void { COMMANDS[name] = fn; }
 

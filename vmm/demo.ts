@@ -1,0 +1,100 @@
+// `minivmm demo` (what `npm start` runs): a guest driving the embedded vdpa devices, live-updated a
+// few times under traffic, then a table of blackouts and of what the guest saw.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { QmpConnection } from './qmp.js';
+import { runUpdate } from './update.js';
+import { parseVdpaSpec } from './vdpa.js';
+
+const BIN = fileURLToPath(new URL('../../bin/minivmm.js', import.meta.url));
+
+export interface DemoOptions { updates: number; memory: string; vdpa: string[]; json: boolean; intervalMs: number; extraArgs?: string[] }
+
+export interface NetStats { sent: number; received: number; lost: number; duplicated: number; corrupt: number; max_gap_ms: number }
+export interface BlkStats { written: number; verified: number; mismatches: number }
+
+/** The last `net ...` / `blk ...` stats lines in the guest's output. */
+export function parseStats(out: string): { net?: NetStats; blk?: BlkStats } {
+  const last = (re: RegExp) => { let m: RegExpMatchArray | null = null; for (const x of out.matchAll(re)) m = x; return m; };
+  const n = last(/^net sent=(\d+) received=(\d+) lost=(\d+) duplicated=(\d+) corrupt=(\d+) max_gap_us=(\d+)/gm);
+  const b = last(/^blk written=(\d+) verified=(\d+) mismatches=(\d+)/gm);
+  return {
+    net: n ? { sent: +n[1], received: +n[2], lost: +n[3], duplicated: +n[4], corrupt: +n[5], max_gap_ms: +n[6] / 1000 } : undefined,
+    blk: b ? { written: +b[1], verified: +b[2], mismatches: +b[3] } : undefined,
+  };
+}
+
+function guestFor(vdpa: string[]): string {
+  const types = new Set(vdpa.map((v) => { const s = parseVdpaSpec(v); return s.kind === 'sim' ? s.type : 'other'; }));
+  if (types.has('net') && types.has('blk')) return 'netblk';
+  if (types.has('net')) return 'netloop';
+  if (types.has('blk')) return 'blkcheck';
+  return 'counter';
+}
+
+export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> {
+  const dir = mkdtempSync(join(tmpdir(), 'minivmm-demo-'));
+  const qmp = join(dir, 'qmp.sock');
+  const guest = guestFor(o.vdpa);
+  const args = [BIN, 'run', '--guest', guest, '--memory', o.memory, '--qmp', qmp, '--log-level', 'warn', ...o.vdpa.flatMap((v) => ['--vdpa', v]), ...(o.extraArgs ?? [])];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  const exited = new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+  const say = (s: string) => { if (!o.json) process.stdout.write(s); };
+  const waitOutput = async (from: number, re: RegExp, ms: number) => {
+    const end = Date.now() + ms;
+    while (!re.test(out.slice(from))) {
+      if (child.exitCode !== null) throw new Error(`the VM exited (${child.exitCode}): ${err.trim().split('\n').pop() ?? ''}`);
+      if (Date.now() > end) throw new Error(`no guest output matching ${re} within ${ms} ms`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  };
+  const progress = guest === 'counter' ? /^counter /m : /^(net|blk) /m;
+  try {
+    say(`minivmm demo: guest ${guest}, ${o.memory} RAM, devices ${o.vdpa.join(' ') || '(none)'}, ${o.updates} live updates\n`);
+    await waitOutput(0, progress, 60_000);
+    const updates: Record<string, unknown>[] = [];
+    for (let n = 1; n <= o.updates; n++) {
+      await new Promise((r) => setTimeout(r, o.intervalMs));
+      const r = await runUpdate(qmp, null, 60_000) as { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; phases: Record<string, number>; devices: unknown[] } };
+      if (r.status !== 'completed') throw new Error(`update ${n} failed: ${r['error-desc'] ?? 'unknown'}`);
+      const mark = out.length;
+      await waitOutput(mark, progress, 30_000); // traffic goes on
+      updates.push({ n, path: r.cpr.path, downtime_ms: r.downtime, phases: r.cpr.phases, devices: r.cpr.devices, ...parseStats(out) });
+      say(`  update ${n}: ${r.cpr.path}, blackout ${r.downtime.toFixed(1)} ms\n`);
+    }
+    // One more stats period after the last update, so its effect on traffic is counted.
+    const mark = out.length;
+    await waitOutput(mark, progress, 30_000);
+    const final = parseStats(out);
+    const c = await QmpConnection.connect(qmp);
+    await c.execute('quit').catch(() => undefined);
+    c.close();
+    await exited;
+    const result = { mode: 'cpr-exec', memory: o.memory, guest, updates: updates.map(({ net: _n, blk: _b, ...u }) => u), ...final };
+    if (!o.json) printTable(updates, final);
+    return result;
+  } finally {
+    if (child.exitCode === null) { child.kill('SIGTERM'); await exited; }
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function printTable(updates: Record<string, unknown>[], final: ReturnType<typeof parseStats>): void {
+  const cols = ['pause', 'save', 'exec', 'restore', 'resume', 'new_owner', 'remap'];
+  const pad = (s: unknown, w: number) => String(s).padStart(w);
+  console.log(`\n${'#'.padStart(2)} ${'path'.padEnd(9)} ${pad('blackout', 9)} ${cols.map((c) => pad(c, 9)).join('')}   lost dup corrupt  blocks-verified`);
+  for (const u of updates) {
+    const p = u.phases as Record<string, number>, net = u.net as NetStats | undefined, blk = u.blk as BlkStats | undefined;
+    console.log(`${pad(u.n, 2)} ${String(u.path).padEnd(9)} ${pad((u.downtime_ms as number).toFixed(1), 9)} ${cols.map((c) => pad(p[c] ?? '-', 9)).join('')}   ${pad(net?.lost ?? '-', 4)} ${pad(net?.duplicated ?? '-', 3)} ${pad(net?.corrupt ?? '-', 7)}  ${pad(blk?.verified ?? '-', 15)}`);
+  }
+  const d = updates.map((u) => u.downtime_ms as number).sort((a, b) => a - b);
+  console.log(`\nmedian blackout ${d[Math.floor((d.length - 1) / 2)]?.toFixed(1)} ms (phases in ms; the guest's frames and blocks are cumulative)`);
+  if (final.net) console.log(`net: sent ${final.net.sent}, received ${final.net.received}, lost ${final.net.lost}, duplicated ${final.net.duplicated}, corrupt ${final.net.corrupt}, longest gap ${final.net.max_gap_ms} ms`);
+  if (final.blk) console.log(`blk: written ${final.blk.written}, verified ${final.blk.verified}, mismatches ${final.blk.mismatches}`);
+}
