@@ -93,6 +93,14 @@ export class Vmm {
     });
     q.register('query-migrate-parameters', () => ({ mode: this.params.mode, 'cpr-exec-command': this.params.cprExecCommand ?? [] }));
     q.register('query-migrate', () => this.queryMigrate());
+    q.register('x-query-vdpa', () => ({
+      daemon: this.daemon ?? null,
+      devices: this.vdpa.map((d) => ({
+        index: d.index, path: d.devicePath, 'device-id': d.deviceId, 'update-path': d.updatePath,
+        'backend-features-offered': `0x${d.offered.toString(16)}`, 'backend-features': `0x${d.negotiated.toString(16)}`,
+        status: d.transport.status, gsi: d.gsi, base: `0x${d.base.toString(16)}`,
+      })),
+    }));
     q.register('migrate', async (args) => {
       const uri = (args as { uri?: unknown }).uri;
       if (typeof uri !== 'string' || !uri.startsWith('file:') || uri.length <= 5) throw new QmpError("Parameter 'uri' must be 'file:PATH' (the CPR state itself travels in a memfd)");

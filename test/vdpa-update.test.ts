@@ -1,0 +1,113 @@
+// vhost-vdpa devices in guests, kept across cpr-exec: NEW_OWNER + REMAP, the fallback, failures.
+import { afterEach, expect, it } from 'vitest';
+import { describeWith } from './facility.js';
+import { VmProcess, tempDir } from './harness.js';
+import { runUpdate } from '../vmm/update.js';
+import { parseStats } from '../vmm/demo.js';
+import { readDaemonStatus, stopVdpaDaemon } from '../devices/vdpa/launch.js';
+
+type Update = { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; devices: { index: number; path: string }[] } };
+
+let vm: VmProcess | undefined;
+let daemonToStop: { pid: number; dir: string } | undefined;
+afterEach(async () => {
+  await vm?.kill();
+  vm = undefined;
+  if (daemonToStop) { await stopVdpaDaemon(daemonToStop.pid, daemonToStop.dir); daemonToStop = undefined; }
+});
+
+/** The daemon the VM started: its mount is the directory of the device path in the VM's log. */
+async function daemonOf(v: VmProcess): Promise<{ pid: number; dir: string }> {
+  const c = await v.qmp();
+  const info = await c.execute('x-query-vdpa') as { daemon: { pid: number; dir: string } };
+  c.close();
+  return info.daemon;
+}
+
+/** Waits until the guest printed a stats line after `mark` showing more traffic than before. */
+async function trafficFlows(v: VmProcess, mark: number): Promise<void> {
+  const before = parseStats(v.stdout.slice(0, mark));
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const now = parseStats(v.stdout);
+    const netOk = !before.net || (now.net && now.net.received > before.net.received);
+    const blkOk = !before.blk || (now.blk && now.blk.verified > before.blk.verified);
+    if (netOk && blkOk && v.stdout.length > mark) return;
+    if (Date.now() > deadline) throw new Error(`traffic did not resume: ${v.stdout.slice(mark).slice(-300)} / ${v.stderr.slice(-300)}`);
+    if (v.child.exitCode !== null) throw new Error(`VM exited ${v.child.exitCode}: ${v.stderr.slice(-500)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function soak(args: string[], updates: number): Promise<void> {
+  vm = await VmProcess.start(['--memory', '1G', '--log-level', 'warn', ...args]);
+  await vm.waitFor(/^(net|blk) /m, 60_000);
+  const daemon = await daemonOf(vm);
+  const snapshot = () => ({ fds: vm!.fdCount(), pinned: readDaemonStatus(daemon.dir).devices.map((d) => d.pinnedPages) });
+  let first: ReturnType<typeof snapshot> | undefined;
+  for (let i = 1; i <= updates; i++) {
+    const mark = vm.stdout.length;
+    const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
+    expect(r.status, r['error-desc']).toBe('completed');
+    expect(r.downtime).toBeLessThan(1000); // sanity bound
+    for (const d of r.cpr.devices) expect(d.path).toBe('new-owner');
+    await trafficFlows(vm, mark);
+    if (i === 1) first = snapshot();
+  }
+  const last = snapshot();
+  expect(last).toEqual(first);
+  const s = parseStats(vm.stdout);
+  if (s.net) {
+    expect(s.net.received).toBeGreaterThan(0);
+    expect({ lost: s.net.lost, duplicated: s.net.duplicated, corrupt: s.net.corrupt }).toEqual({ lost: 0, duplicated: 0, corrupt: 0 });
+  }
+  if (s.blk) {
+    expect(s.blk.verified).toBeGreaterThan(0);
+    expect(s.blk.mismatches).toBe(0);
+  }
+  expect(vm.stdout).not.toMatch(/MISMATCH|IOERR/);
+}
+
+describeWith(['kvm', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
+  it('50 updates under net + blk traffic on va devices: no loss, all new-owner, no leaks', async () => {
+    await soak(['--guest', 'netblk', '--vdpa', 'sim:net,va', '--vdpa', 'sim:blk,va'], 50);
+  }, 300_000);
+
+  it('50 updates under net traffic on a pinning (pa) device: nothing re-pinned, no loss', async () => {
+    await soak(['--guest', 'netloop', '--vdpa', 'sim:net,pa'], 50);
+  }, 300_000);
+
+  it('a device without NEW_OWNER takes the fallback path, reported, and traffic survives', async () => {
+    vm = await VmProcess.start(['--guest', 'netloop', '--memory', '1G', '--log-level', 'warn', '--vdpa', 'sim:net,no-new-owner']);
+    await vm.waitFor(/^net /m, 60_000);
+    for (let i = 0; i < 3; i++) {
+      const mark = vm.stdout.length;
+      const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
+      expect(r.status).toBe('completed');
+      expect(r.cpr.path).toBe('fallback');
+      expect(r.cpr.devices[0].path).toBe('fallback');
+      await trafficFlows(vm, mark);
+    }
+    const s = parseStats(vm.stdout).net!;
+    expect({ lost: s.lost, duplicated: s.duplicated, corrupt: s.corrupt }).toEqual({ lost: 0, duplicated: 0, corrupt: 0 });
+  }, 120_000);
+
+  it('a failure after exec and before NEW_OWNER: clear message, exit, the device left unowned and usable', async () => {
+    vm = await VmProcess.start(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', 'sim:net']);
+    await vm.waitFor(/^net /m, 60_000);
+    const daemon = await daemonOf(vm);
+    daemonToStop = daemon; // the VM dies without stopping it
+    const argv = ['/usr/bin/env', 'MINIVMM_INJECT=fail-before-new-owner', process.execPath, ...vm.child.spawnargs.slice(1)];
+    const r = await runUpdate(vm.qmpPath, argv, 10_000);
+    expect(r.status).toBe('failed');
+    expect(await vm.exited).toBe(1);
+    expect(vm.stderr).toMatch(/injected failure before VHOST_NEW_OWNER; its fd was closed, so the device is released/);
+    const dev = readDaemonStatus(daemon.dir).devices[0];
+    expect(dev.owner).toBeNull();
+    expect(dev.open).toBe(false);
+    // A new VMM can take the device.
+    const again = await VmProcess.start(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', `${daemon.dir}/vhost-vdpa-0`], tempDir());
+    vm = again;
+    await again.waitFor(/^net sent=\d+ received=[1-9]/m, 60_000);
+  }, 120_000);
+});
