@@ -30,7 +30,7 @@ export function readStateBlob(fd: number): Buffer {
 }
 
 export async function incoming(entryTime: bigint): Promise<Vmm> {
-  const t = { entry: entryTime, decoded: 0n, vm: 0n, devices: 0n, resumed: 0n };
+  const t = { entry: entryTime, loaded: process.hrtime.bigint(), decoded: 0n, vm: 0n, devices: 0n, resumed: 0n };
   const fdText = process.env[STATE_ENV]!;
   const [saved, execT0] = (process.env[TIMES_ENV] ?? '').split(',').map((x) => (/^\d+$/.test(x) ? BigInt(x) : entryTime));
   delete process.env[STATE_ENV];
@@ -85,7 +85,8 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
       new_owner: sum('newOwner'),
       remap: sum('remap'),
       repin: sum('map'),
-      decode: round(ms(t.entry, t.decoded)),
+      load: round(ms(t.entry, t.loaded)),
+      decode: round(ms(t.loaded, t.decoded)),
     },
   };
   vmm.history = [...u.history, { n: u.n, downtime: result.downtime, path: result.path, phases: result.phases }];

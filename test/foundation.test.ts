@@ -27,6 +27,16 @@ describeWith(['kvm'], 'guests boot and exit', () => {
     expect(r.code).toBe(0);
   });
 
+  it('--serial FILE appends the guest output to the file', async () => {
+    const out = join(tempDir(), 'serial.txt');
+    writeFileSync(out, 'before\n');
+    const r = await runMinivmm(['run', '--guest', 'hello', '--serial', out]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('');
+    const { readFileSync } = await import('node:fs');
+    expect(readFileSync(out, 'utf8')).toMatch(/^before\nHello from minivmm guest\n/);
+  });
+
   it('the exit port value becomes the exit status', async () => {
     // mov eax, 42; out 0xf4, eax; hlt; jmp $-1
     const elf = writeTinyElf(join(tempDir(), 'exit42.elf'), Buffer.from([0xb8, 42, 0, 0, 0, 0xe7, 0xf4, 0xf4, 0xeb, 0xfd]));
@@ -166,9 +176,11 @@ describeWith(['kvm'], 'cpr-exec live update of the counter guest', () => {
     await vm.waitFor(/counter \d+/);
     const { runUpdate } = await import('../vmm/update.js');
     const fdCounts: number[] = [];
+    const downtimes: number[] = [];
     for (let i = 1; i <= 20; i++) {
       const mark = vm.stdout.length;
       const r = await runUpdate(vm.qmpPath, null, 30_000) as { status: string; downtime: number; cpr: { n: number; path: string; phases: Record<string, number> } };
+      downtimes.push(r.downtime);
       expect(r.status, JSON.stringify(r)).toBe('completed');
       expect(r.cpr.n).toBe(i);
       expect(r.downtime).toBeGreaterThan(0);
@@ -183,6 +195,19 @@ describeWith(['kvm'], 'cpr-exec live update of the counter guest', () => {
     for (let i = 1; i < values.length; i++) expect(values[i]).toBeGreaterThan(values[i - 1]);
     expect(vm.stdout).not.toMatch(/MISMATCH|TSC BACKWARDS/);
     expect(fdCounts[fdCounts.length - 1]).toBe(fdCounts[0]);
+    // The guest's TSC never jumps by more than a pause: no gap between two rounds exceeds the
+    // slowest round plus the longest blackout (both in TSC ticks), with a margin for noise.
+    const tscs = [...vm.stdout.matchAll(/^counter \d+ tsc (\d+) round/gm)].map((m) => Number(m[1]));
+    const gaps = tscs.slice(1).map((t, i) => t - tscs[i]);
+    expect(Math.min(...gaps)).toBeGreaterThan(0);
+    const { Kvm } = await import('../src/kvm.js');
+    const kvm = new Kvm();
+    const vmfd = kvm.createVm();
+    const { VcpuFd } = await import('../src/kvm.js');
+    const khz = new VcpuFd(vmfd.createVcpu(0), 0, kvm.vcpuMmapSize()).tscKhz();
+    const sorted = [...gaps].sort((a, b) => a - b);
+    const typical = sorted[Math.floor(sorted.length / 2)];
+    expect(Math.max(...gaps)).toBeLessThan(3 * typical + (Math.max(...downtimes) + 500) * khz);
     expect(vm.stderr).not.toMatch(/error/i);
   });
 
