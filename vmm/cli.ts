@@ -11,7 +11,7 @@ import { parseVdpaSpec } from './vdpa.js';
 export class UsageError extends Error {}
 
 const GUEST_DIR = fileURLToPath(new URL('../guests/', import.meta.url));
-export const BUILTIN_GUESTS = ['hello', 'counter', 'memtest', 'netloop', 'blkcheck'];
+export const BUILTIN_GUESTS = ['hello', 'counter', 'memtest', 'netloop', 'blkcheck', 'netblk'];
 
 const USAGE = `usage: minivmm <command> [options]
   run      --guest NAME|PATH [--memory SIZE] [--smp N] [--serial stdio|FILE] [--qmp PATH]

@@ -88,10 +88,10 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
 function printTable(updates: Record<string, unknown>[], final: ReturnType<typeof parseStats>): void {
   const cols = ['pause', 'save', 'exec', 'restore', 'resume', 'new_owner', 'remap'];
   const pad = (s: unknown, w: number) => String(s).padStart(w);
-  console.log(`\n${'#'.padStart(2)} ${'path'.padEnd(9)} ${pad('blackout', 9)} ${cols.map((c) => pad(c, 9)).join('')}   lost dup corrupt  blocks-verified`);
+  console.log(`\n${'#'.padStart(2)} ${'path'.padEnd(9)} ${pad('blackout', 9)} ${cols.map((c) => pad(c, 10)).join('')}   lost dup corrupt  blocks-verified`);
   for (const u of updates) {
     const p = u.phases as Record<string, number>, net = u.net as NetStats | undefined, blk = u.blk as BlkStats | undefined;
-    console.log(`${pad(u.n, 2)} ${String(u.path).padEnd(9)} ${pad((u.downtime_ms as number).toFixed(1), 9)} ${cols.map((c) => pad(p[c] ?? '-', 9)).join('')}   ${pad(net?.lost ?? '-', 4)} ${pad(net?.duplicated ?? '-', 3)} ${pad(net?.corrupt ?? '-', 7)}  ${pad(blk?.verified ?? '-', 15)}`);
+    console.log(`${pad(u.n, 2)} ${String(u.path).padEnd(9)} ${pad((u.downtime_ms as number).toFixed(1), 9)} ${cols.map((c) => pad(p[c] ?? '-', 10)).join('')}   ${pad(net?.lost ?? '-', 4)} ${pad(net?.duplicated ?? '-', 3)} ${pad(net?.corrupt ?? '-', 7)}  ${pad(blk?.verified ?? '-', 15)}`);
   }
   const d = updates.map((u) => u.downtime_ms as number).sort((a, b) => a - b);
   console.log(`\nmedian blackout ${d[Math.floor((d.length - 1) / 2)]?.toFixed(1)} ms (phases in ms; the guest's frames and blocks are cumulative)`);
