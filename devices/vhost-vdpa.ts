@@ -228,6 +228,7 @@ export class VhostVdpa implements VirtioBackend {
         try { close(inheritedFd); } catch { /* already closed */ }
         if (inject === 'fail-before-new-owner') throw new Error(`vdpa device ${s.index} (${s.devicePath}): ${(e as Error).message}; its fd was closed, so the device is released`);
         note = `fast path failed (${(e as Error).message}); device released and re-acquired by the slow path`;
+        process.stderr.write(`minivmm: vdpa device ${s.index}: ${note}\n`);
         dev = undefined;
         path = 'fallback';
       }
@@ -247,21 +248,25 @@ export class VhostVdpa implements VirtioBackend {
       } catch (e) { close(fd); throw e; }
     }
     const tq = process.hrtime.bigint();
-    dev.wire(vm);
-    if (s.status & S.DRIVER_OK) {
+    try {
+      dev.wire(vm);
       if (path === 'new-owner' && !s.reset) {
+        // The device kept its state: a running one gets new eventfds and RESUME; one the driver
+        // had not started yet (status < DRIVER_OK) carries on where it was.
         dev.deviceStatus = s.status;
-        dev.transport.queues.forEach((q, i) => {
-          if (!q.ready || i >= dev!.vqs) return;
-          vhost.setVringKick(dev!.fd, i, dev!.kick[i]);
-          vhost.setVringCall(dev!.fd, i, dev!.call[i]);
-        });
-        vhost.resume(dev.fd);
+        if (s.status & S.DRIVER_OK) {
+          dev.transport.queues.forEach((q, i) => {
+            if (!q.ready || i >= dev!.vqs) return;
+            vhost.setVringKick(dev!.fd, i, dev!.kick[i]);
+            vhost.setVringCall(dev!.fd, i, dev!.call[i]);
+          });
+          vhost.resume(dev.fd);
+        }
       } else {
-        dev.reinit(s.status, s.bases);
+        dev.reinit(s.status, s.bases); // a reset or a fresh open: walk the status back up
       }
-    } else {
-      dev.reinit(s.status, []);
+    } catch (e) {
+      throw new Error(`vdpa device ${s.index} (${path}, saved status 0x${s.status.toString(16)}${s.reset ? ', reset' : ''}): ${(e as Error).message}`);
     }
     timings.rings = ms(tq);
     timings.total = ms(t0);

@@ -48,7 +48,7 @@ async function soak(args: string[], updates: number): Promise<void> {
   for (let i = 1; i <= updates; i++) {
     const mark = vm.stdout.length;
     const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
-    expect(r.status, r['error-desc']).toBe('completed');
+    expect(r.status, `${r['error-desc']} / VM stderr: ${vm.stderr.slice(-800)}`).toBe('completed');
     expect(r.downtime).toBeLessThan(1000); // sanity bound
     for (const d of r.cpr.devices) expect(d.path).toBe('new-owner');
     await trafficFlows(vm, mark);

@@ -1,5 +1,6 @@
 // Builds the minivmm toy guests: every tools/guests/NAME.c, linked with
-// common/start.S and common/lib.c, becomes dist/guests/NAME.elf.
+// everything in common/ (.c and .S), becomes dist/guests/NAME.elf.  Sections
+// no guest code reaches are dropped, so hello does not carry the drivers.
 //
 //   node tools/guests/build.mjs [NAME...]
 //
@@ -23,9 +24,12 @@ const CFLAGS = [
   '-fno-asynchronous-unwind-tables', '-fno-unwind-tables', '-fcf-protection=none',
   // Otherwise gcc may turn memset's own loop into a call to memset.
   '-fno-tree-loop-distribute-patterns',
+  // Inline memset/memcpy as plain loops, not rep stos/movs (as start.S does).
+  '-mstringop-strategy=loop',
   '-O2', '-std=gnu11', '-Wall', '-Wextra',
+  '-ffunction-sections', '-fdata-sections',
   '-nostdlib', '-static', '-no-pie',
-  '-Wl,--build-id=none', '-Wl,-z,max-page-size=4096',
+  '-Wl,--build-id=none', '-Wl,-z,max-page-size=4096', '-Wl,--gc-sections',
 ];
 
 // Instructions the emulator does not know (or that imply SSE/AVX state).
@@ -37,10 +41,15 @@ const BAD_REGISTER = /%([xyz]mm\d+|mm\d|st\b|st\(|k[0-7]\b)/;
 const rel = (f) => relative(root, f);
 const mtime = (f) => statSync(f).mtimeMs;
 
-const common = ['common/start.S', 'common/lib.c'].map((f) => join(here, f));
-const deps = [...common, ...['common/lib.h', 'include/bootinfo.h', 'link.ld', 'build.mjs'].map((f) =>
-  join(here, f),
-)];
+// start.S first: it holds _start, which must land at exactly 1 MiB.
+const commonDir = join(here, 'common');
+const common = readdirSync(commonDir).filter((f) => /\.[cS]$/.test(f))
+  .sort((a, b) => (b === 'start.S') - (a === 'start.S') || a.localeCompare(b))
+  .map((f) => join(commonDir, f));
+const deps = [
+  ...readdirSync(commonDir).map((f) => join(commonDir, f)),
+  ...['include/bootinfo.h', 'link.ld', 'build.mjs'].map((f) => join(here, f)),
+];
 
 function compile(name) {
   const src = join(here, `${name}.c`);

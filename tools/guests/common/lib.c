@@ -40,11 +40,8 @@ void print_hex(u64 v)
 	serial_puts(buf + i);
 }
 
-void printk(const char *fmt, ...)
+void vprintk(const char *fmt, va_list ap)
 {
-	va_list ap;
-
-	va_start(ap, fmt);
 	for (; *fmt; fmt++) {
 		int lng = 0;
 		i64 d;
@@ -78,14 +75,35 @@ void printk(const char *fmt, ...)
 			serial_putc('%');
 			break;
 		case '\0':		/* stray '%' at the end */
-			va_end(ap);
 			return;
 		default:
 			serial_putc('%');
 			serial_putc(*fmt);
 		}
 	}
+}
+
+void printk(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vprintk(fmt, ap);
 	va_end(ap);
+}
+
+const char *guest_name = "guest";
+
+void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	printk("%s: ", guest_name);
+	va_start(ap, fmt);
+	vprintk(fmt, ap);
+	va_end(ap);
+	serial_putc('\n');
+	exit(3);
 }
 
 void exit(int code)

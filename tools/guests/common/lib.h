@@ -62,6 +62,12 @@ void print_dec(u64 v);
 void print_hex(u64 v);		/* lowercase, no prefix, no padding */
 /* %d %u %x (with l/ll), %s, %c, %%.  No width or flags. */
 void printk(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void vprintk(const char *fmt, va_list ap);
+
+/* Prefix of die()'s message; each guest sets its own name. */
+extern const char *guest_name;
+/* Fatal error: print "<guest_name>: <message>", exit 3. */
+void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 /* Write code to the exit port, then halt forever. */
 void exit(int code) __attribute__((noreturn));

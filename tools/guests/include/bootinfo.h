@@ -31,11 +31,12 @@ struct bootinfo_region {
 	uint64_t size;
 } __attribute__((packed));
 
+/* A virtio-mmio (version 2) transport; its interrupt is an edge on an IOAPIC pin. */
 struct bootinfo_device {
 	uint32_t type;		/* BOOTINFO_DEV_* */
-	uint32_t irq;		/* IOAPIC GSI */
-	uint64_t base;		/* virtio-mmio base */
-	uint64_t size;
+	uint32_t irq;		/* IOAPIC input pin = GSI, >= 16 */
+	uint64_t base;		/* virtio-mmio registers, e.g. 0xd0000000 + i * 0x1000 */
+	uint64_t size;		/* 0x1000 */
 } __attribute__((packed));
 
 struct bootinfo {
@@ -45,7 +46,7 @@ struct bootinfo {
 	uint32_t nr_regions;				/*  16 */
 	uint32_t nr_devices;				/*  20 */
 	uint32_t nr_cpus;				/*  24 */
-	uint32_t reserved;				/*  28 */
+	uint32_t tsc_khz;				/*  28: guest TSC frequency */
 	struct bootinfo_region regions[BOOTINFO_MAX_REGIONS];	/*  32 */
 	struct bootinfo_device devices[BOOTINFO_MAX_DEVICES];	/* 160 */
 	char cmdline[BOOTINFO_CMDLINE_LEN];		/* 352: NUL-terminated key=value ... */
@@ -53,6 +54,7 @@ struct bootinfo {
 
 _Static_assert(sizeof(struct bootinfo_region) == 16, "region layout");
 _Static_assert(sizeof(struct bootinfo_device) == 24, "device layout");
+_Static_assert(__builtin_offsetof(struct bootinfo, tsc_khz) == 28, "tsc_khz offset");
 _Static_assert(__builtin_offsetof(struct bootinfo, regions) == 32, "regions offset");
 _Static_assert(__builtin_offsetof(struct bootinfo, devices) == 160, "devices offset");
 _Static_assert(__builtin_offsetof(struct bootinfo, cmdline) == 352, "cmdline offset");
