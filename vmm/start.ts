@@ -10,7 +10,7 @@ import type { MachineConfig } from '../cpr/state.js';
 export async function startVmm(config: MachineConfig): Promise<Vmm> {
   const vmm = new Vmm(cprExec);
   const specs = config.vdpa.map(parseVdpaSpec);
-  const { paths, daemon } = await resolveVdpaPaths(specs);
+  const { paths, daemon } = await resolveVdpaPaths(specs, config.memory);
   vmm.daemon = daemon;
   vmm.exitHooks.push(() => stopDaemon(vmm.daemon));
   try {

@@ -37,15 +37,19 @@ export function parseVdpaSpec(text: string): VdpaSpec {
 export interface DaemonRef { pid: number; dir: string }
 
 /** Starts the daemon for the sim devices (if any); returns the node path of every device, in order. */
-export async function resolveVdpaPaths(specs: VdpaSpec[]): Promise<{ paths: string[]; daemon?: DaemonRef }> {
+export async function resolveVdpaPaths(specs: VdpaSpec[], ramBytes: number): Promise<{ paths: string[]; daemon?: DaemonRef }> {
   const sims = specs.filter((s): s is Extract<VdpaSpec, { kind: 'sim' }> => s.kind === 'sim');
   let daemon: DaemonRef | undefined;
   const simPaths: string[] = [];
   if (sims.length) {
     const { startVdpaDaemon } = await import('../devices/vdpa/launch.js');
     const dir = mkdtempSync(join(tmpdir(), 'minivmm-vdpa-'));
+    // Pinning devices count guest RAM against our RLIMIT_MEMLOCK. Where it cannot be raised far
+    // enough (no CAP_SYS_RESOURCE), tell the embedded device the limit `ulimit -l` would have set.
+    const need = memlockNeed(ramBytes, sims.filter((s) => s.dma === 'pa').length);
+    const memlockLimit = sims.some((s) => s.dma === 'pa') && raiseMemlock(need) < need ? need : undefined;
     const d = await startVdpaDaemon({
-      dir,
+      dir, memlockLimit,
       devices: sims.map((s, i) => ({ name: `vhost-vdpa-${i}`, type: s.type, dma: s.dma, model: s.model, quirks: s.quirks })),
     });
     daemon = { pid: d.pid, dir: d.dir };
@@ -59,18 +63,24 @@ export async function resolveVdpaPaths(specs: VdpaSpec[]): Promise<{ paths: stri
  * Raise the limit to cover every device pinning all of RAM, as one would with `ulimit -l`; the
  * new image inherits it across exec, which the fast path needs (§4.1).
  */
-export function ensureMemlock(ramBytes: number, devices: number): void {
-  const need = BigInt(ramBytes) * BigInt(devices) + 64n * 2n ** 20n;
+const memlockNeed = (ramBytes: number, devices: number): bigint => BigInt(ramBytes) * BigInt(devices) + 64n * 2n ** 20n;
+
+/** Raises RLIMIT_MEMLOCK towards `need`; returns the soft limit it got. */
+function raiseMemlock(need: bigint): bigint {
   const [soft, hard] = prlimit(0, RLIMIT_MEMLOCK);
-  if (soft >= need) return;
+  if (soft >= need) return soft;
   try {
     prlimit(0, RLIMIT_MEMLOCK, [need, hard > need ? hard : need]);
+    return need;
   } catch {
     // Without CAP_SYS_RESOURCE the hard limit stays; go as far as it allows. A pinning device
     // then refuses the mapping and the error says why.
     if (hard > soft) prlimit(0, RLIMIT_MEMLOCK, [hard, hard]);
+    return hard;
   }
 }
+
+export function ensureMemlock(ramBytes: number, devices: number): void { raiseMemlock(memlockNeed(ramBytes, devices)); }
 
 /** Opens every device on a fresh machine and puts its transport on the MMIO bus. */
 export function attachVdpa(machine: Machine, paths: string[]): { devices: VhostVdpa[]; boot: BootDevice[] } {

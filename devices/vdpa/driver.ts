@@ -1,0 +1,136 @@
+// A small host-side virtio driver for the simulated devices, through the vhost-vdpa UAPI only:
+// guest memory in a shared memfd mapped into this process, split rings built in it, one UPDATE,
+// the status walk to DRIVER_OK, kicks and calls through eventfds. Used by the tests and the bench.
+import {
+  close, eventfd, EFD_CLOEXEC, EFD_NONBLOCK, ftruncate, memfdCreate, mmap, munmap, bufferAt, read as sysRead,
+  write as sysWrite, MAP_SHARED, MFD_CLOEXEC, PROT_READ, PROT_WRITE, SyscallError,
+} from '../../src/libc.js';
+import { BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_STATUS, vhost } from '../../src/vhost.js';
+
+export const VIRTIO_F_VERSION_1 = 1n << 32n, VIRTIO_F_ACCESS_PLATFORM = 1n << 33n;
+const F_NEXT = 1, F_WRITE = 2;
+
+/** Guest RAM: a shared memfd mapped here; iova = iovaBase + offset. */
+export class GuestMemory {
+  readonly fd: number; readonly addr: number; readonly buf: Buffer;
+  constructor(readonly size: number, readonly iovaBase = 0x40000000) {
+    this.fd = memfdCreate('vdpa-guest-ram', MFD_CLOEXEC);
+    ftruncate(this.fd, size);
+    this.addr = mmap(size, PROT_READ | PROT_WRITE, MAP_SHARED, this.fd);
+    this.buf = bufferAt(this.addr, size);
+  }
+  iova(off: number): number { return this.iovaBase + off; }
+  /** The IOTLB UPDATE that enters the whole memory. */
+  update(fd: number, asid = 0): void {
+    vhost.iotlb(fd, { type: IOTLB.UPDATE, iova: BigInt(this.iovaBase), size: BigInt(this.size), uaddr: BigInt(this.addr), perm: IOTLB_PERM.RW, asid });
+  }
+  free(): void { munmap(this.addr, this.size); close(this.fd); }
+}
+
+export interface BufSpec { off: number; len: number; write: boolean }
+
+/** The driver's side of one split ring living in guest memory at `off` (desc, avail, used). */
+export class DriverRing {
+  readonly desc: number; readonly avail: number; readonly used: number;
+  availIdx = 0; lastUsed = 0;
+  private free: number[];
+  private chainLen = new Map<number, number[]>();
+  constructor(readonly mem: GuestMemory, readonly off: number, readonly num: number) {
+    this.desc = off; this.avail = off + 16 * num; this.used = (this.avail + 6 + 2 * num + 3) & ~3;
+    this.mem.buf.fill(0, off, this.used + 6 + 8 * num);
+    this.free = Array.from({ length: num }, (_, i) => num - 1 - i);
+  }
+  static bytes(num: number): number { return ((16 * num + 6 + 2 * num + 3) & ~3) + 6 + 8 * num; }
+  get freeCount(): number { return this.free.length; }
+  /** Put a chain in the descriptor table and the avail ring (not yet published). */
+  add(bufs: BufSpec[]): number {
+    if (bufs.length > this.free.length) throw new Error('ring full');
+    const ids = bufs.map(() => this.free.pop()!);
+    const b = this.mem.buf;
+    bufs.forEach((s, i) => {
+      const o = this.desc + 16 * ids[i];
+      b.writeBigUInt64LE(BigInt(this.mem.iova(s.off)), o);
+      b.writeUInt32LE(s.len, o + 8);
+      b.writeUInt16LE((s.write ? F_WRITE : 0) | (i + 1 < bufs.length ? F_NEXT : 0), o + 12);
+      b.writeUInt16LE(i + 1 < bufs.length ? ids[i + 1] : 0, o + 14);
+    });
+    b.writeUInt16LE(ids[0], this.avail + 4 + 2 * (this.availIdx % this.num));
+    this.availIdx = (this.availIdx + 1) & 0xffff;
+    this.chainLen.set(ids[0], ids);
+    return ids[0];
+  }
+  publish(): void { this.mem.buf.writeUInt16LE(this.availIdx, this.avail + 2); }
+  usedIdx(): number { return this.mem.buf.readUInt16LE(this.used + 2); }
+  /** Used elements since last time; their descriptors become free again. */
+  collect(): { head: number; len: number }[] {
+    const out: { head: number; len: number }[] = [];
+    const idx = this.usedIdx();
+    while (this.lastUsed !== idx) {
+      const o = this.used + 4 + 8 * (this.lastUsed % this.num);
+      const head = this.mem.buf.readUInt32LE(o), len = this.mem.buf.readUInt32LE(o + 4);
+      out.push({ head, len });
+      for (const id of this.chainLen.get(head) ?? []) this.free.push(id);
+      this.chainLen.delete(head);
+      this.lastUsed = (this.lastUsed + 1) & 0xffff;
+    }
+    return out;
+  }
+  iovas() { return { desc: BigInt(this.mem.iova(this.desc)), avail: BigInt(this.mem.iova(this.avail)), used: BigInt(this.mem.iova(this.used)) }; }
+}
+
+const one = Buffer.alloc(8);
+one.writeBigUInt64LE(1n);
+export const kick = (efd: number): void => { sysWrite('kick', efd, one); };
+/** Drain a (non-blocking) call eventfd; returns the count. */
+export function drainCall(efd: number): number {
+  const b = Buffer.alloc(8);
+  try { sysRead('call', efd, b); return Number(b.readBigUInt64LE()); } catch (e) {
+    if (e instanceof SyscallError && e.code === 'EAGAIN') return 0;
+    throw e;
+  }
+}
+const sleepWord = new Int32Array(new SharedArrayBuffer(4));
+/** Spin (with 50 µs naps) until cond() or timeout. */
+export function waitFor(cond: () => boolean, timeoutMs = 2000): boolean {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > timeoutMs) return false;
+    Atomics.wait(sleepWord, 0, 0, 0.05);
+  }
+  return true;
+}
+
+export interface Queue { ring: DriverRing; kick: number; call: number }
+
+/**
+ * Bring a device up: SET_OWNER (unless owned), backend features, UPDATE of `mem`, the status walk
+ * with queues configured, DRIVER_OK. Queue rings are laid out at the start of guest memory.
+ */
+export function bringUp(fd: number, mem: GuestMemory, nq: number, opts: { num?: number; owner?: boolean; update?: boolean; features?: bigint } = {}): Queue[] {
+  const num = opts.num ?? 256;
+  if (opts.owner !== false) vhost.setOwner(fd);
+  const offered = vhost.getBackendFeatures(fd);
+  vhost.setBackendFeatures(fd, offered & (BACKEND_F.IOTLB_MSG_V2 | BACKEND_F.IOTLB_BATCH | BACKEND_F.IOTLB_ASID | BACKEND_F.SUSPEND | BACKEND_F.RESUME));
+  if (opts.update !== false) mem.update(fd);
+  vhost.setStatus(fd, VIRTIO_STATUS.ACKNOWLEDGE);
+  vhost.setStatus(fd, VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER);
+  vhost.setFeatures(fd, opts.features ?? (VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM));
+  vhost.setStatus(fd, VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER | VIRTIO_STATUS.FEATURES_OK);
+  const qs: Queue[] = [];
+  const stride = (DriverRing.bytes(num) + 4095) & ~4095;
+  for (let i = 0; i < nq; i++) {
+    const ring = new DriverRing(mem, i * stride, num);
+    const k = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), c = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    vhost.setVringNum(fd, i, num);
+    vhost.setVringAddr(fd, { index: i, flags: 0, ...ring.iovas(), log: 0n });
+    vhost.setVringBase(fd, i, 0);
+    vhost.setVringKick(fd, i, k);
+    vhost.setVringCall(fd, i, c);
+    vhost.setVringEnable(fd, i, true);
+    qs.push({ ring, kick: k, call: c });
+  }
+  vhost.setStatus(fd, 0x0f);
+  return qs;
+}
+export const ringArea = (nq: number, num = 256): number => nq * ((DriverRing.bytes(num) + 4095) & ~4095);
+export function closeQueues(qs: Queue[]): void { for (const q of qs) { close(q.kick); close(q.call); } }

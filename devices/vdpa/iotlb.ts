@@ -1,0 +1,109 @@
+// vhost's side of the IOTLB: per address space the entries {start, last, addr, perm, file+offset}
+// (an interval list with the kernel's overlap rule), the pinned-page accounting per address space
+// (mm->pinned_vm, shown as VmPin) and the mapping walks behind UPDATE (va: /proc/PID/maps; pa:
+// /proc/PID/map_files mapped MAP_SHARED into the daemon and mlocked).
+import { closeSync, openSync, readFileSync, constants as fsc } from 'node:fs';
+import { bufferAt, mlock, mmap, munmap, MAP_SHARED, PROT_READ, PROT_WRITE } from '../../src/libc.js';
+import type { MapView } from './dma.js';
+import { ownerKey, type OwnerId } from './owner.js';
+import { sleepMs } from './sys.js';
+
+export const U64_MAX = (1n << 64n) - 1n;
+export const PAGE = 4096;
+
+export interface Entry {
+  start: bigint; last: bigint; // iova, inclusive
+  addr: bigint; // va: user VA (REMAP replaces it); pa: the daemon's mapping ("physical" address)
+  perm: number;
+  file?: { path: string; offset: bigint }; // va: the kept file reference
+  pin?: { addr: number; len: number; pages: number; buf: Buffer }; // pa: the daemon's mlocked mapping
+}
+
+export class AddressSpace {
+  entries: Entry[] = [];
+  /** The parent's view: what the last set_map pushed (or nothing since a clean-map reset). */
+  view: MapView[] = [];
+  constructor(readonly asid: number) {}
+  /** Entries intersecting [start, last] by the interval tree's rule (start <= e.last && e.start <= last). */
+  intersecting(start: bigint, last: bigint): Entry[] {
+    return this.entries.filter((e) => e.start <= last && start <= e.last);
+  }
+  add(e: Entry): void { this.entries.push(e); this.entries.sort((a, b) => (a.start < b.start ? -1 : 1)); }
+  remove(e: Entry): void { this.entries = this.entries.filter((x) => x !== e); }
+  /** set_map: push the whole address space to the parent. */
+  push(): void {
+    this.view = this.entries.map((e) => ({
+      start: Number(e.start), last: Number(e.last), addr: e.pin ? e.pin.addr : Number(e.addr), perm: e.perm, buf: e.pin?.buf,
+    }));
+  }
+}
+
+/** mm->pinned_vm of every address space the daemon has seen pin (global, like the kernel's). */
+export class PinLedger {
+  private readonly pages = new Map<string, { owner: OwnerId; pages: number }>();
+  get(o: OwnerId): number { return this.pages.get(ownerKey(o))?.pages ?? 0; }
+  add(o: OwnerId, n: number): void {
+    const k = ownerKey(o), cur = this.pages.get(k);
+    const v = (cur?.pages ?? 0) + n;
+    if (v === 0) this.pages.delete(k); else this.pages.set(k, { owner: o, pages: v });
+  }
+  all(): { pid: number; fingerprint: string; pages: number }[] {
+    return [...this.pages.values()].map((x) => ({ pid: x.owner.pid, fingerprint: x.owner.fingerprint, pages: x.pages }));
+  }
+}
+
+export interface Vma { start: number; end: number; shared: boolean; offset: number; inode: number; path: string }
+
+/** The owner's mappings, in address order. */
+export function readMaps(pid: number): Vma[] {
+  const out: Vma[] = [];
+  for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) \S+ (\d+)\s*(.*)$/.exec(line);
+    if (!m) continue;
+    out.push({ start: parseInt(m[1], 16), end: parseInt(m[2], 16), shared: m[3][3] === 's', offset: parseInt(m[4], 16), inode: Number(m[5]), path: m[6] });
+  }
+  return out;
+}
+/** find_vma: the first mapping ending above addr. */
+export const findVma = (maps: Vma[], addr: number): Vma | undefined => maps.find((v) => v.end > addr);
+/** file-backed, shared (not anonymous private, not a special [..] area). */
+export const fileShared = (v: Vma): boolean => v.shared && v.inode !== 0 && !v.path.startsWith('[');
+
+/**
+ * Pin `len` bytes of the owner's memory at `uaddr` (page aligned) the PA way: map the file behind
+ * the mapping into the daemon and mlock it. Returns the pieces (one per mapping) or throws.
+ */
+export function pinRange(pid: number, uaddr: number, len: number, writable: boolean, costMsPerGib: number): { uaddr: number; len: number; pin: NonNullable<Entry['pin']> }[] {
+  const maps = readMaps(pid);
+  const pieces: { uaddr: number; len: number; pin: NonNullable<Entry['pin']> }[] = [];
+  try {
+    let at = uaddr;
+    const end = uaddr + len;
+    while (at < end) {
+      const v = maps.find((x) => x.start <= at && at < x.end);
+      if (!v || !fileShared(v)) throw new Error(`no pinnable file-backed shared mapping at 0x${at.toString(16)}`);
+      const n = Math.min(end, v.end) - at;
+      const path = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
+      let fd: number, prot = PROT_READ | PROT_WRITE;
+      try { fd = openSync(path, fsc.O_RDWR); } catch {
+        if (writable) throw new Error(`cannot open ${path} for writing`);
+        fd = openSync(path, fsc.O_RDONLY); prot = PROT_READ;
+      }
+      try {
+        const addr = mmap(n, prot, MAP_SHARED, fd, v.offset + (at - v.start));
+        try { mlock(addr, n); } catch (e) { munmap(addr, n); throw e; }
+        pieces.push({ uaddr: at, len: n, pin: { addr, len: n, pages: n / PAGE, buf: bufferAt(addr, n) } });
+      } finally { closeSync(fd); }
+      at += n;
+    }
+  } catch (e) {
+    for (const p of pieces) unpin(p.pin);
+    throw e;
+  }
+  sleepMs((costMsPerGib * len) / 2 ** 30);
+  return pieces;
+}
+
+export function unpin(pin: NonNullable<Entry['pin']>): void {
+  try { munmap(pin.addr, pin.len); } catch { /* already gone */ }
+}

@@ -1,0 +1,139 @@
+// Programmatic start/stop of the vhost-vdpa device daemon (used by the VMM and the tests).
+// The daemon runs detached (own session), so it outlives the caller's exec; it stays killable by
+// pid, and stop() works from any process that knows the pid and directory.
+import { spawn } from 'node:child_process';
+import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { umount2, MNT_DETACH } from '../../src/libc.js';
+
+export interface VdpaQuirks { remapLagsOutsideBatch?: boolean; newOwnerRlimitBeforeBusy?: boolean }
+export interface VdpaDeviceOptions {
+  name: string; type: 'net' | 'blk'; dma: 'va' | 'pa'; model?: 'no-new-owner'; quirks?: VdpaQuirks;
+}
+export interface StartVdpaOptions {
+  dir: string;
+  devices: VdpaDeviceOptions[];
+  pinCostMsPerGib?: number;
+  /** RLIMIT_MEMLOCK to assume for every caller (bytes), where the real one cannot be raised. */
+  memlockLimit?: bigint;
+  /** Daemon log (stderr); default $TMPDIR/minivmm-vdpa-<basename>.log */
+  logFile?: string;
+  /** How long to wait for `ready` (ms, default 15000). */
+  timeoutMs?: number;
+}
+
+export interface VqStatus { num: number; enabled: boolean; last_avail: number; used_idx: number }
+export interface DeviceStatus {
+  name: string; type: 'net' | 'blk'; dma: 'va' | 'pa'; model: 'patched' | 'no-new-owner';
+  quirks: Required<VdpaQuirks>;
+  open: boolean;
+  owner: { pid: number; fingerprint: string } | null;
+  status: number;
+  suspended: boolean;
+  features: string; backendFeatures: string; advertisedBackendFeatures: string; // hex
+  vqs: VqStatus[];
+  entries: number;
+  addressSpaces: { asid: number; entries: { iova: string; size: string; perm: number; addr: string; file?: string }[]; parentEntries: number }[];
+  inBatch: boolean;
+  pinnedPages: number;
+  counters: {
+    opens: number; releases: number; ioctls: number; writes: number; errors: number; errnos: Record<string, number>;
+    framesLooped: number; framesDropped: number; blocksRead: number; blocksWritten: number; ringErrors: number; calls: number; kicks: number;
+  };
+  lastRingError: string | null;
+}
+export interface DaemonStatus {
+  pid: number; dir: string; pinCostMsPerGib: number;
+  fuse: { requests: number; errors: number };
+  /** Pinned pages per address space (pid + fingerprint): the VmPin figure of that image. */
+  vmPin: { pid: number; fingerprint: string; pages: number }[];
+  devices: DeviceStatus[];
+}
+export interface VdpaDaemon {
+  pid: number; dir: string; paths: string[];
+  stop(): Promise<void>;
+  status(): DaemonStatus;
+}
+
+/** The compiled daemon entry (dist/devices/vdpa/daemon-main.js), also when this file runs as .ts. */
+export function daemonScript(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const local = join(here, 'daemon-main.js');
+  if (existsSync(local)) return local;
+  const fromSrc = resolve(here, '../../dist/devices/vdpa/daemon-main.js');
+  if (existsSync(fromSrc)) return fromSrc;
+  throw new Error(`vdpa daemon not built: ${fromSrc} missing (run npx tsc -p .)`);
+}
+
+export function daemonArgs(o: StartVdpaOptions): string[] {
+  const args = ['--dir', o.dir];
+  for (const d of o.devices) {
+    const opts: string[] = [d.type, d.dma];
+    if (d.model) opts.push(d.model);
+    if (d.quirks?.remapLagsOutsideBatch) opts.push('remapLagsOutsideBatch');
+    if (d.quirks?.newOwnerRlimitBeforeBusy) opts.push('newOwnerRlimitBeforeBusy');
+    args.push('--device', `${d.name}=${opts.join(',')}`);
+  }
+  if (o.pinCostMsPerGib !== undefined) args.push('--pin-cost-ms-per-gib', String(o.pinCostMsPerGib));
+  if (o.memlockLimit !== undefined) args.push('--memlock-limit', String(o.memlockLimit));
+  return args;
+}
+
+export const readDaemonStatus = (dir: string): DaemonStatus => JSON.parse(readFileSync(join(dir, 'status'), 'utf8')) as DaemonStatus;
+
+const alive = (pid: number): boolean => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch { return false; }
+};
+
+/** SIGTERM the daemon, wait for it to go (SIGKILL after `graceMs`), make sure dir is unmounted. */
+export async function stopVdpaDaemon(pid: number, dir: string, graceMs = 5000): Promise<void> {
+  try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ }
+  const t0 = Date.now();
+  while (alive(pid) && Date.now() - t0 < graceMs) await new Promise((r) => setTimeout(r, 10));
+  if (alive(pid)) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    while (alive(pid)) await new Promise((r) => setTimeout(r, 10));
+  }
+  const mounted = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === resolve(dir));
+  if (mounted) { try { umount2(dir, MNT_DETACH); } catch { /* raced */ } }
+}
+
+export async function startVdpaDaemon(o: StartVdpaOptions): Promise<VdpaDaemon> {
+  const dir = resolve(o.dir);
+  const logFile = o.logFile ?? join(tmpdir(), `minivmm-vdpa-${dir.replace(/[^A-Za-z0-9]+/g, '_')}.log`);
+  const logFd = openSync(logFile, 'a');
+  const child = spawn(process.execPath, [daemonScript(), ...daemonArgs({ ...o, dir })], {
+    detached: true, stdio: ['ignore', 'pipe', logFd],
+  });
+  closeSync(logFd);
+  const pid = child.pid!;
+  await new Promise<void>((res, rej) => {
+    let out = '';
+    const timer = setTimeout(() => fail(new Error(`vdpa daemon did not become ready in ${o.timeoutMs ?? 15000} ms (log: ${logFile})`)), o.timeoutMs ?? 15000);
+    const fail = (e: Error) => { clearTimeout(timer); try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } rej(e); };
+    child.on('exit', (code) => {
+      let tail = '';
+      try { tail = readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' | '); } catch { /* none */ }
+      fail(new Error(`vdpa daemon exited with ${code} before ready: ${tail}`));
+    });
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('ready\n')) { clearTimeout(timer); child.removeAllListeners('exit'); res(); }
+    });
+  });
+  child.stdout!.destroy();
+  child.unref();
+  let exited = false;
+  child.on('exit', () => { exited = true; });
+  return {
+    pid, dir,
+    paths: o.devices.map((d) => join(dir, d.name)),
+    status: () => readDaemonStatus(dir),
+    async stop() { void exited; await stopVdpaDaemon(pid, dir); },
+  };
+}

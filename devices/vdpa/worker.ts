@@ -1,0 +1,152 @@
+// The daemon's event loop, run in a worker thread so that the main thread stays free for signals:
+// one epoll set with /dev/fuse, a control eventfd (stop) and every kick eventfd (edge-triggered
+// and never read, like vhost's poll on the kick file). FUSE requests and device work are served
+// one at a time, as the kernel's device lock would serialise them.
+import { parentPort, workerData } from 'node:worker_threads';
+import { constants } from 'node:os';
+import { epollCreate, epollDel, epollWait } from './sys.js';
+import { FuseServer, ROOT, type FuseFile, type FuseFs, type IoctlIn } from './fuse.js';
+import { Errno, VdpaDevice, type DeviceSpec, type DeviceHost } from './device.js';
+import { PinLedger } from './iotlb.js';
+import { epollAddFlags } from './sys.js';
+
+const E = constants.errno;
+export interface WorkerConfig { fuseFd: number; stopFd: number; dir: string; devices: DeviceSpec[]; pinCostMsPerGib: number }
+const cfg = workerData as WorkerConfig;
+
+const log = (msg: string) => parentPort!.postMessage({ log: msg });
+const TOKEN_FUSE = 1, TOKEN_STOP = 2, TOKEN_KICK = 1000;
+const EPOLLIN = 1, EPOLLET = 1 << 31;
+
+const epfd = epollCreate();
+epollAddFlags(epfd, cfg.fuseFd, TOKEN_FUSE, EPOLLIN);
+epollAddFlags(epfd, cfg.stopFd, TOKEN_STOP, EPOLLIN);
+
+const ledger = new PinLedger();
+const kickTokens = new Map<number, { dev: VdpaDevice; vq: number }>();
+const host: DeviceHost = {
+  ledger,
+  pinCostMsPerGib: cfg.pinCostMsPerGib,
+  log,
+  closeElsewhere: (fd) => parentPort!.postMessage({ closeFd: fd }),
+  watchKick(dev, vq, fd) {
+    const token = TOKEN_KICK + devices.indexOf(dev) * 64 + vq;
+    const cur = kickFds.get(token);
+    if (cur !== undefined) { epollDel(epfd, cur); kickFds.delete(token); kickTokens.delete(token); }
+    if (fd !== null) {
+      kickFds.set(token, fd); kickTokens.set(token, { dev, vq });
+      epollAddFlags(epfd, fd, token, EPOLLIN | EPOLLET);
+    }
+  },
+};
+const kickFds = new Map<number, number>();
+const devices = cfg.devices.map((s) => new VdpaDevice(s, host));
+
+// inode numbers: root 1, devices 2.., status last
+const files: FuseFile[] = [
+  ...devices.map((d, i) => ({ name: d.spec.name, ino: 2 + i, mode: 0o600 })),
+  { name: 'status', ino: 2 + devices.length, mode: 0o444 },
+];
+const STATUS_INO = 2 + devices.length;
+const statusSnapshots = new Map<number, Buffer>();
+let statusFh = 0;
+
+function statusJson(): object {
+  return {
+    pid: process.pid, dir: cfg.dir, pinCostMsPerGib: cfg.pinCostMsPerGib,
+    fuse: server.counters,
+    vmPin: ledger.all(),
+    devices: devices.map((d) => d.status()),
+  };
+}
+
+const devOf = (ino: number): VdpaDevice => {
+  const d = devices[ino - 2];
+  if (!d) throw new Errno(E.ENOENT);
+  return d;
+};
+
+const fs: FuseFs = {
+  files: () => files,
+  log,
+  initialized: () => parentPort!.postMessage({ ready: true }),
+  open(ino, _flags, _tid) {
+    if (ino === STATUS_INO) {
+      statusFh++;
+      statusSnapshots.set(statusFh, Buffer.from(`${JSON.stringify(statusJson(), null, 1)}\n`));
+      return statusFh;
+    }
+    if (ino === ROOT) throw new Errno(E.EISDIR);
+    return devOf(ino).open();
+  },
+  read(ino, fh, offset, size, flags) {
+    if (ino === STATUS_INO) {
+      const s = statusSnapshots.get(fh) ?? Buffer.alloc(0);
+      return s.subarray(offset, offset + size);
+    }
+    devOf(ino);
+    // vhost_chr_read_iter: IOTLB miss messages; vdpa produces none.
+    if (flags & 0o4000 /* O_NONBLOCK */) throw new Errno(E.EAGAIN);
+    return 'park';
+  },
+  write(ino, fh, data, tid) {
+    if (ino === STATUS_INO) throw new Errno(E.EBADF);
+    const d = devOf(ino);
+    if (fh !== d.fh || !d.opened) throw new Errno(E.EBADF);
+    return count(d, () => d.write(tid, data));
+  },
+  ioctl(ino, fh, req: IoctlIn) {
+    if (ino === STATUS_INO) throw new Errno(E.ENOTTY);
+    const d = devOf(ino);
+    if (fh !== d.fh || !d.opened) throw new Errno(E.EBADF);
+    return count(d, () => d.ioctl(req));
+  },
+  release(ino, fh) {
+    if (ino === STATUS_INO) { statusSnapshots.delete(fh); return; }
+    const d = devOf(ino);
+    if (fh === d.fh) d.release();
+  },
+};
+
+function count<T>(d: VdpaDevice, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    d.counters.errors++;
+    const name = e instanceof Errno ? (Object.entries(E).find(([, v]) => v === e.errno)?.[0] ?? String(e.errno)) : 'EIO';
+    d.counters.errnos[name] = (d.counters.errnos[name] ?? 0) + 1;
+    throw e;
+  }
+}
+
+const server = new FuseServer(cfg.fuseFd, fs);
+
+function runDevices(): boolean {
+  let again = false;
+  for (const d of devices) {
+    if (d.sim.workPending) {
+      if (d.sim.run()) { d.sim.workPending = true; again = true; }
+    }
+  }
+  return again;
+}
+
+let more = false, fuseMore = true;
+for (;;) {
+  const tokens = epollWait(epfd, more ? 0 : -1);
+  let stop = false, fuseReady: boolean = fuseMore;
+  for (const t of tokens) {
+    if (t === TOKEN_STOP) stop = true;
+    else if (t === TOKEN_FUSE) fuseReady = true;
+    else {
+      const k = kickTokens.get(t);
+      if (k) k.dev.kick(k.vq);
+    }
+  }
+  if (stop) break;
+  const s: string = fuseReady ? server.serve() : "idle";
+  if (s === 'gone') { log('fuse connection gone'); break; }
+  fuseMore = s === 'more';
+  more = runDevices() || fuseMore || devices.some((d) => d.sim.workPending);
+}
+parentPort!.postMessage({ stopped: true });

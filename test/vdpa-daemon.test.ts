@@ -1,0 +1,281 @@
+// The embedded vhost-vdpa daemon: lifecycle through the UAPI, data path loopback (net, blk; va,
+// pa), ownership across processes, stop and restart over a stale mount.
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describeWith } from './facility.js';
+import { open, close, ioctl, ioctlBuf, O_RDWR, SyscallError } from '../src/libc.js';
+import { BACKEND_F, IOTLB, VHOST, vhost } from '../src/vhost.js';
+import { startVdpaDaemon, daemonScript, type VdpaDaemon } from '../devices/vdpa/launch.js';
+import { GuestMemory, bringUp, kick, ringArea, waitFor, closeQueues, type Queue } from '../devices/vdpa/driver.js';
+
+const code = (f: () => unknown): string => {
+  try { f(); return 'OK'; } catch (e) { if (e instanceof SyscallError) return e.code === 'ENOTSUP' ? 'EOPNOTSUPP' : e.code; throw e; }
+};
+const root = new URL('..', import.meta.url).pathname;
+
+describeWith(['fuse', 'root'], 'vdpa daemon', () => {
+  let d: VdpaDaemon;
+  const dev = (name: string) => join(d.dir, name);
+
+  beforeAll(async () => {
+    if (!existsSync(join(root, 'dist/devices/vdpa/daemon-main.js'))) execFileSync('npx', ['tsc', '-p', '.'], { cwd: root });
+    const base = mkdtempSync(join(tmpdir(), 'vdpa-test-'));
+    d = await startVdpaDaemon({
+      dir: join(base, 'mnt'),
+      devices: [
+        { name: 'net-va', type: 'net', dma: 'va' }, { name: 'net-pa', type: 'net', dma: 'pa' },
+        { name: 'blk-va', type: 'blk', dma: 'va' }, { name: 'blk-pa', type: 'blk', dma: 'pa' },
+        { name: 'net-up', type: 'net', dma: 'va', model: 'no-new-owner' },
+      ],
+    });
+  });
+  afterAll(async () => { await d?.stop(); });
+
+  it('serves one file per device and a status file', () => {
+    expect(d.paths.map((p) => p.split('/').pop())).toEqual(['net-va', 'net-pa', 'blk-va', 'blk-pa', 'net-up']);
+    const st = d.status();
+    expect(st.pid).toBe(d.pid);
+    expect(st.devices.map((x) => [x.name, x.advertisedBackendFeatures])).toEqual([
+      ['net-va', '0x77e'], ['net-pa', '0x37e'], ['blk-va', '0x77e'], ['blk-pa', '0x37e'], ['net-up', '0x17e'],
+    ]);
+  });
+
+  it('walks the unowned, owned and status ioctls with the kernel errnos', () => {
+    const fd = open(dev('net-va'), O_RDWR);
+    try {
+      expect(code(() => open(dev('net-va'), O_RDWR))).toBe('EBUSY');
+      expect(vhost.getDeviceId(fd)).toBe(1);
+      expect(vhost.getFeatures(fd)).toBe(0x308830028n);
+      expect(vhost.getVringNum(fd)).toBe(256);
+      expect(vhost.getConfigSize(fd)).toBe(24);
+      expect(vhost.getVqsCount(fd)).toBe(3);
+      expect(vhost.getAsNum(fd)).toBe(2);
+      expect(vhost.getIovaRange(fd)).toEqual({ first: 0n, last: (1n << 64n) - 1n });
+      expect(vhost.getStatus(fd)).toBe(0);
+      expect(vhost.getConfig(fd, 6, 2).readUInt16LE(0)).toBe(1); // link up
+      // unowned
+      expect(code(() => vhost.setVringNum(fd, 0, 256))).toBe('EPERM');
+      expect(code(() => vhost.getVringBase(fd, 0))).toBe('EPERM');
+      expect(code(() => vhost.iotlb(fd, { type: IOTLB.UPDATE, iova: 0n, size: 4096n, uaddr: 0n, perm: 3 }))).toBe('EFAULT');
+      expect(code(() => ioctl('0xaf27', fd, VHOST.NEW_OWNER))).toBe('EINVAL'); // patched: unowned
+      expect(code(() => vhost.setBackendFeatures(fd, 0xen))).toBe('OK');
+      // owned
+      vhost.setOwner(fd);
+      expect(code(() => vhost.setOwner(fd))).toBe('EBUSY');
+      expect(code(() => vhost.newOwner(fd))).toBe('EBUSY');
+      expect(code(() => ioctl('RESET_OWNER', fd, VHOST.RESET_OWNER))).toBe('EFAULT');
+      expect(code(() => ioctlBuf('SET_LOG_FD', fd, VHOST.SET_LOG_FD, Buffer.alloc(4)))).toBe('ENOTTY');
+      expect(code(() => ioctlBuf('SET_LOG_BASE', fd, VHOST.SET_LOG_BASE, Buffer.alloc(8)))).toBe('ENOTTY');
+      expect(code(() => vhost.setVringNum(fd, 3, 256))).toBe('ENOBUFS');
+      expect(code(() => vhost.setVringNum(fd, 0, 100))).toBe('EINVAL');
+      expect(code(() => vhost.setVringNum(fd, 0, 256))).toBe('OK');
+      expect(vhost.getVringBase(fd, 0)).toBe(0);
+      expect(code(() => vhost.setVringKick(fd, 0, 9999))).toBe('EBADF');
+      expect(code(() => vhost.setVringKick(fd, 0, fd))).toBe('EINVAL'); // not an eventfd
+      expect(code(() => vhost.setBackendFeatures(fd, 0x801n))).toBe('EOPNOTSUPP');
+      expect(code(() => vhost.setBackendFeatures(fd, 0x60en))).toBe('OK'); // patched: 9/10 accepted
+      // status walk
+      vhost.setStatus(fd, 1); vhost.setStatus(fd, 3);
+      expect(code(() => vhost.setStatus(fd, 1))).toBe('EINVAL');
+      expect(vhost.getStatus(fd)).toBe(3);
+      vhost.setFeatures(fd, (1n << 32n) | (1n << 33n));
+      vhost.setStatus(fd, 0x0b);
+      expect(code(() => vhost.setFeatures(fd, 1n << 33n))).toBe('EBUSY');
+      expect(code(() => vhost.suspend(fd))).toBe('OK'); // no DRIVER_OK: no-op
+      vhost.setStatus(fd, 0);
+      expect(vhost.getStatus(fd)).toBe(0);
+      // IOTLB write parsing
+      const short = Buffer.alloc(39); short.writeUInt32LE(2, 0);
+      expect(code(() => execWrite(fd, short))).toBe('EINVAL');
+      expect(code(() => vhost.iotlb(fd, { type: IOTLB.UPDATE, iova: 0x1000n, size: 0n, uaddr: 0n, perm: 3 }))).toBe('EINVAL');
+      expect(code(() => vhost.iotlb(fd, { type: IOTLB.INVALIDATE, iova: 0n, size: 4096n, uaddr: 0n, perm: 0 }))).toBe('EFAULT'); // no AS yet
+      const st = d.status().devices[0];
+      expect(st.open).toBe(true);
+      expect(st.owner?.pid).toBe(process.pid);
+    } finally { close(fd); }
+    // release resets: reopen works, unowned again
+    expect(waitFor(() => !d.status().devices[0].open)).toBe(true);
+    const fd2 = open(dev('net-va'), O_RDWR);
+    try {
+      expect(vhost.getStatus(fd2)).toBe(0);
+      expect(code(() => vhost.setVringNum(fd2, 0, 256))).toBe('EPERM');
+    } finally { close(fd2); }
+  });
+
+  it('answers as upstream with the no-new-owner model', () => {
+    const fd = open(dev('net-up'), O_RDWR);
+    try {
+      expect(vhost.getBackendFeatures(fd)).toBe(0x17en);
+      expect(code(() => ioctl('0xaf27', fd, VHOST.NEW_OWNER))).toBe('EPERM');
+      expect(code(() => vhost.setBackendFeatures(fd, 0x17en | BACKEND_F.NEW_OWNER))).toBe('EOPNOTSUPP');
+      expect(code(() => vhost.setBackendFeatures(fd, 0x17en | BACKEND_F.IOTLB_REMAP))).toBe('EOPNOTSUPP');
+      vhost.setOwner(fd);
+      expect(code(() => ioctl('0xaf27', fd, VHOST.NEW_OWNER))).toBe('EFAULT');
+    } finally { close(fd); }
+  });
+
+  it('owner is the address space: another process holding the fd is not the owner until NEW_OWNER', async () => {
+    const fd = open(dev('net-pa'), O_RDWR);
+    const mem = new GuestMemory(1 << 20);
+    try {
+      vhost.setOwner(fd);
+      mem.update(fd);
+      const pinned = d.status().devices[1].pinnedPages;
+      expect(pinned).toBe(256);
+      expect(d.status().vmPin.find((v) => v.pid === process.pid)?.pages).toBe(256);
+      const script = `
+        import { vhost } from ${JSON.stringify(join(root, 'dist/src/vhost.js'))};
+        const r = {};
+        const t = (k, f) => { try { f(); r[k] = 'OK'; } catch (e) { r[k] = e.code ?? e.message; } };
+        t('getStatus', () => vhost.getStatus(3));
+        t('setOwner', () => vhost.setOwner(3));
+        t('setVringNum', () => vhost.setVringNum(3, 0, 256));
+        t('update', () => vhost.iotlb(3, { type: 2, iova: 0x90000000n, size: 4096n, uaddr: 0x1000n, perm: 3 }));
+        t('newOwner', () => vhost.newOwner(3));
+        t('setVringNumAfter', () => vhost.setVringNum(3, 0, 256));
+        t('newOwnerAgain', () => vhost.newOwner(3));
+        console.log(JSON.stringify(r));`;
+      const out = await new Promise<string>((res, rej) => {
+        const c = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit', fd] });
+        let s = '';
+        c.stdout!.on('data', (b) => { s += b; });
+        c.on('exit', (st) => (st === 0 ? res(s) : rej(new Error(`child exited ${st}`))));
+      });
+      expect(JSON.parse(out)).toEqual({
+        getStatus: 'OK', setOwner: 'EBUSY', setVringNum: 'EPERM', update: 'EFAULT', newOwner: 'OK', setVringNumAfter: 'OK', newOwnerAgain: 'EBUSY',
+      });
+      // the child owned it (and its VmPin got the device's pins); it has exited, we are not the owner
+      expect(code(() => vhost.setVringNum(fd, 0, 256))).toBe('EPERM');
+      expect(d.status().vmPin.find((v) => v.pid === process.pid)).toBeUndefined();
+      vhost.newOwner(fd); // take it back
+      expect(code(() => vhost.setVringNum(fd, 0, 256))).toBe('OK');
+      expect(d.status().vmPin.find((v) => v.pid === process.pid)?.pages).toBe(256);
+    } finally { close(fd); mem.free(); }
+    expect(waitFor(() => d.status().vmPin.length === 0 && !d.status().devices[1].open)).toBe(true);
+  });
+
+  for (const dma of ['va', 'pa'] as const) {
+    it(`net ${dma}: frames sent on TX come back on RX`, () => {
+      const fd = open(dev(`net-${dma}`), O_RDWR);
+      const mem = new GuestMemory(2 << 20);
+      let qs: Queue[] = [];
+      try {
+        qs = bringUp(fd, mem, 3);
+        const [rx, tx] = qs;
+        const base = ringArea(3);
+        for (let i = 0; i < 32; i++) rx.ring.add([{ off: base + i * 2048, len: 2048, write: true }]);
+        rx.ring.publish(); kick(rx.kick);
+        const txBase = base + 64 * 2048;
+        const frames = Array.from({ length: 20 }, (_, i) => Buffer.concat([Buffer.alloc(12), Buffer.from(`frame ${i} `.repeat(i + 1))]));
+        let off = txBase;
+        for (const f of frames) {
+          f.copy(mem.buf, off);
+          // split every frame over two descriptors (header, payload)
+          tx.ring.add([{ off, len: 12, write: false }, { off: off + 12, len: f.length - 12, write: false }]);
+          off += 4096;
+        }
+        tx.ring.publish(); kick(tx.kick);
+        expect(waitFor(() => rx.ring.usedIdx() === 20)).toBe(true);
+        expect(waitFor(() => tx.ring.usedIdx() === 20)).toBe(true);
+        const used = rx.ring.collect();
+        used.forEach((u, i) => {
+          expect(u.len).toBe(frames[i].length);
+          expect(mem.buf.subarray(base + u.head * 2048, base + u.head * 2048 + u.len)).toEqual(frames[i]);
+        });
+        const st = d.status().devices.find((x) => x.name === `net-${dma}`)!;
+        expect(st.vqs[0].used_idx).toBe(20);
+        expect(st.vqs[1].last_avail).toBe(20);
+        expect(st.counters.framesLooped).toBeGreaterThanOrEqual(20);
+        expect(st.counters.calls).toBeGreaterThan(0);
+        // suspended: a kick is held until RESUME, GET_VRING_BASE gives last_avail
+        vhost.suspend(fd);
+        const f = Buffer.concat([Buffer.alloc(12), Buffer.from('after resume')]);
+        f.copy(mem.buf, txBase);
+        tx.ring.collect();
+        tx.ring.add([{ off: txBase, len: f.length, write: false }]); tx.ring.publish(); kick(tx.kick);
+        expect(waitFor(() => rx.ring.usedIdx() === 21, 300)).toBe(false);
+        expect(vhost.getVringBase(fd, 1)).toBe(20);
+        vhost.resume(fd);
+        expect(waitFor(() => rx.ring.usedIdx() === 21)).toBe(true);
+        const [u] = rx.ring.collect();
+        expect(mem.buf.subarray(base + u.head * 2048 + 12, base + u.head * 2048 + u.len).toString()).toBe('after resume');
+      } finally { closeQueues(qs); close(fd); mem.free(); }
+    });
+
+    it(`blk ${dma}: written sectors read back`, () => {
+      const fd = open(dev(`blk-${dma}`), O_RDWR);
+      const mem = new GuestMemory(2 << 20);
+      let qs: Queue[] = [];
+      try {
+        expect(vhost.getDeviceId(fd)).toBe(2);
+        qs = bringUp(fd, mem, 1);
+        const [q] = qs;
+        expect(vhost.getConfig(fd, 0, 8).readBigUInt64LE(0)).toBe(BigInt((128 << 20) / 512));
+        const base = ringArea(1), hdr = base, data = base + 4096, st = base + 3 * 4096, back = base + 4 * 4096;
+        const pattern = Buffer.alloc(8192);
+        for (let i = 0; i < pattern.length; i++) pattern[i] = (i * 7 + 3) & 0xff;
+        const req = (type: number, sector: number, dataOff: number, len: number, write: boolean, slot: number) => {
+          mem.buf.writeUInt32LE(type, hdr + 32 * slot); mem.buf.writeUInt32LE(0, hdr + 32 * slot + 4);
+          mem.buf.writeBigUInt64LE(BigInt(sector), hdr + 32 * slot + 8);
+          mem.buf[st + slot] = 0xff;
+          const chain = [{ off: hdr + 32 * slot, len: 16, write: false }];
+          if (len) chain.push({ off: dataOff, len, write });
+          chain.push({ off: st + slot, len: 1, write: true });
+          q.ring.add(chain);
+        };
+        pattern.copy(mem.buf, data);
+        req(1, 1000, data, 8192, false, 0); // OUT
+        req(4, 0, 0, 0, false, 1); // FLUSH
+        q.ring.publish(); kick(q.kick);
+        expect(waitFor(() => q.ring.usedIdx() === 2)).toBe(true);
+        expect([mem.buf[st], mem.buf[st + 1]]).toEqual([0, 0]);
+        q.ring.collect();
+        req(0, 1000, back, 8192, true, 2); // IN
+        req(0, (128 << 20) / 512, back, 512, true, 3); // past the end: IOERR
+        req(8, 0, back + 8192, 20, true, 4); // GET_ID
+        req(99, 0, 0, 0, false, 5); // unsupported
+        q.ring.publish(); kick(q.kick);
+        expect(waitFor(() => q.ring.usedIdx() === 6)).toBe(true);
+        const used = q.ring.collect();
+        expect(used.map((u) => u.len)).toEqual([8193, 1, 21, 1]);
+        expect([mem.buf[st + 2], mem.buf[st + 3], mem.buf[st + 4], mem.buf[st + 5]]).toEqual([0, 1, 0, 2]);
+        expect(mem.buf.subarray(back, back + 8192)).toEqual(pattern);
+        expect(mem.buf.subarray(back + 8192, back + 8192 + 16).toString()).toBe('minivmm-vdpa-blk');
+        const s = d.status().devices.find((x) => x.name === `blk-${dma}`)!;
+        expect(s.counters.blocksWritten).toBe(16);
+        expect(s.counters.blocksRead).toBe(16);
+      } finally { closeQueues(qs); close(fd); mem.free(); }
+    });
+  }
+});
+
+/** A raw write() of arbitrary bytes to the device. */
+function execWrite(fd: number, b: Buffer): void {
+  // vhost.iotlb always writes 72 bytes; use libc write for other lengths
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  writeRaw(fd, b);
+}
+import { write as libcWrite } from '../src/libc.js';
+const writeRaw = (fd: number, b: Buffer) => libcWrite('write', fd, b);
+
+describeWith(['fuse', 'root'], 'vdpa daemon process', () => {
+  it('stop unmounts and leaves no process; a restart over a stale mount works', async () => {
+    const base = mkdtempSync(join(tmpdir(), 'vdpa-stale-'));
+    const dir = join(base, 'mnt');
+    const devices = [{ name: 'n', type: 'net' as const, dma: 'va' as const }];
+    const a = await startVdpaDaemon({ dir, devices });
+    process.kill(a.pid, 'SIGKILL');
+    expect(waitFor(() => { try { statSync(dir); return false; } catch (e) { return (e as NodeJS.ErrnoException).code === 'ENOTCONN'; } })).toBe(true);
+    const b = await startVdpaDaemon({ dir, devices });
+    const fd = open(join(dir, 'n'), O_RDWR);
+    expect(vhost.getDeviceId(fd)).toBe(1);
+    close(fd);
+    await b.stop();
+    expect(existsSync(`/proc/${b.pid}`) && !readFileSync(`/proc/${b.pid}/stat`, 'utf8').includes(') Z')).toBe(false);
+    expect(readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${dir} `)).toBe(false);
+    expect(daemonScript()).toMatch(/daemon-main\.js$/);
+  });
+});
