@@ -55,6 +55,7 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
   qmp?.event('STOP');
 
   let stateFd = -1;
+  for (const d of vmm.vdpa) d.forceFallback = vmm.params.vdpaPath === 'fallback';
   const kept = keptFds(vmm);
   const restoreCloexec: number[] = [];
   const prepared: [VhostVdpa, VdpaState][] = [];
@@ -83,6 +84,7 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
     // Still the old image: every kept fd gets CLOEXEC again, the guest runs on.
     for (const fd of restoreCloexec) { try { setCloexec(fd, true); } catch { /* closed */ } }
     if (stateFd >= 0) { try { close(stateFd); } catch { /* ignore */ } }
+    for (const d of vmm.vdpa) d.forceFallback = false;
     for (const [d, saved] of prepared) {
       try { d.resumeAfterFailedUpdate(saved); } catch (err) { (await log()).error({ err: (err as Error).message }, `vdpa device ${d.index} did not restart`); }
     }

@@ -90,7 +90,6 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
     },
   };
   vmm.history = [...u.history, { n: u.n, downtime: result.downtime, path: result.path, phases: result.phases }];
-  for (const d of devices) if (d.note) process.stderr.write(`minivmm: vdpa device ${d.index}: ${d.note}\n`);
   vmm.migration = { status: 'completed', last: result };
   if (ms0.config.qmp) {
     const { QmpServer } = await import('../vmm/qmp.js');

@@ -52,7 +52,9 @@ export class VhostVdpa implements VirtioBackend {
     this.transport = new VirtioMmio(base, this, vqs);
   }
 
-  get updatePath(): UpdatePath { return (this.offered & BACKEND_F.NEW_OWNER) ? 'new-owner' : 'fallback'; }
+  /** Take the slow path even though the device offers NEW_OWNER (benchmarks compare the two). */
+  forceFallback = false;
+  get updatePath(): UpdatePath { return !this.forceFallback && (this.offered & BACKEND_F.NEW_OWNER) ? 'new-owner' : 'fallback'; }
   get has() { return (bit: bigint) => (this.negotiated & bit) !== 0n; }
 
   /** Opens and owns a device for a fresh VM: probe, negotiate, map all guest RAM (batched). */

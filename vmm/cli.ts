@@ -18,7 +18,8 @@ const USAGE = `usage: minivmm <command> [options]
            [--append "key=value ..."] [--vdpa PATH|sim:net|sim:blk[,va|pa][,no-new-owner]]... [--log-level LEVEL]
   qmp      --socket PATH COMMAND [JSON-ARGS]
   update   --socket PATH [--exec ARGV...] [--json]
-  demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--json]   (npm start)`;
+  demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--json]   (npm start)
+  conformance --device PATH [--json FILE]      (the vhost-vdpa conformance suite)`;
 
 /** "512M", "1G", "16GiB", "1048576" → bytes. */
 export function parseSize(text: string): number {
@@ -150,7 +151,18 @@ async function cmdDemo(args: string[]): Promise<void> {
   if (values.json) process.stdout.write(`${JSON.stringify(r)}\n`);
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { run: cmdRun, qmp: cmdQmp, update: cmdUpdate, demo: cmdDemo };
+async function cmdConformance(args: string[]): Promise<void> {
+  const { values } = parse(args, { device: { type: 'string' }, json: { type: 'string' }, only: { type: 'string' } });
+  if (!values.device) throw new UsageError('usage: minivmm conformance --device PATH [--json FILE] [--only N,N,...]');
+  const only = values.only ? (values.only as string).split(',').map(Number) : undefined;
+  if (only?.some((n) => !Number.isInteger(n))) throw new UsageError(`--only ${values.only}: case numbers, comma-separated`);
+  if (!existsSync(values.device as string)) throw new UsageError(`conformance: ${values.device} does not exist`);
+  const { runConformance } = await import('../tools/conformance/main.js');
+  const r = await runConformance({ device: values.device as string, json: values.json as string | undefined, only });
+  process.exitCode = r.failed > 0 ? 1 : 0;
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { run: cmdRun, qmp: cmdQmp, update: cmdUpdate, demo: cmdDemo, conformance: cmdConformance };
 
 export function registerCommand(name: string, fn: (args: string[]) => Promise<void>): void { COMMANDS[name] = fn; }
 

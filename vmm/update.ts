@@ -2,9 +2,9 @@
 // when the VMM exec's; the listening socket survives, so we reconnect and ask the new image.
 import { QmpConnection } from './qmp.js';
 
-export async function runUpdate(socket: string, execArgv: string[] | null, timeoutMs = 60_000): Promise<Record<string, unknown>> {
+export async function runUpdate(socket: string, execArgv: string[] | null, timeoutMs = 60_000, extra: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
   const c = await QmpConnection.connect(socket);
-  await c.execute('migrate-set-parameters', { mode: 'cpr-exec', 'cpr-exec-command': execArgv ?? [] });
+  await c.execute('migrate-set-parameters', { mode: 'cpr-exec', 'cpr-exec-command': execArgv ?? [], ...extra });
   await c.execute('migrate', { uri: 'file:/dev/null' });
   // Either the old image reports failure (exec failed, guest kept) or the connection closes (exec).
   const done = (m: Record<string, unknown>) => m.event === 'MIGRATION' && ['completed', 'failed'].includes((m.data as { status: string }).status);

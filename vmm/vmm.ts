@@ -33,7 +33,7 @@ export class Vmm {
   /** The embedded device daemon this VM started (it outlives our exec; stopped when the VM ends). */
   daemon?: DaemonRef;
   qmp?: QmpServer;
-  params: { mode: string; cprExecCommand: string[] | null } = { mode: 'normal', cprExecCommand: null };
+  params: { mode: string; cprExecCommand: string[] | null; vdpaPath: 'auto' | 'fallback' } = { mode: 'normal', cprExecCommand: null, vdpaPath: 'auto' };
   migration: MigrationInfo = { status: 'none' };
   /** Updates this VM went through (carried across exec in the state). */
   history: UpdateRecord['history'] = [];
@@ -77,7 +77,11 @@ export class Vmm {
       return new Promise(() => {}); // replied above; never resolves
     });
     q.register('migrate-set-parameters', (args) => {
-      const { mode, 'cpr-exec-command': cmd } = args as { mode?: unknown; 'cpr-exec-command'?: unknown };
+      const { mode, 'cpr-exec-command': cmd, 'x-vdpa-path': vdpaPath } = args as { mode?: unknown; 'cpr-exec-command'?: unknown; 'x-vdpa-path'?: unknown };
+      if (vdpaPath !== undefined) {
+        if (vdpaPath !== 'auto' && vdpaPath !== 'fallback') throw new QmpError("Parameter 'x-vdpa-path' expects 'auto' or 'fallback'");
+        this.params.vdpaPath = vdpaPath;
+      }
       if (mode !== undefined) {
         if (mode !== 'normal' && mode !== 'cpr-exec') throw new QmpError(`Parameter 'mode' does not accept value '${String(mode)}' (supported: normal, cpr-exec)`);
         this.params.mode = mode;
@@ -91,7 +95,7 @@ export class Vmm {
       }
       return {};
     });
-    q.register('query-migrate-parameters', () => ({ mode: this.params.mode, 'cpr-exec-command': this.params.cprExecCommand ?? [] }));
+    q.register('query-migrate-parameters', () => ({ mode: this.params.mode, 'cpr-exec-command': this.params.cprExecCommand ?? [], 'x-vdpa-path': this.params.vdpaPath }));
     q.register('query-migrate', () => this.queryMigrate());
     q.register('x-query-vdpa', () => ({
       daemon: this.daemon ?? null,
