@@ -1,84 +1,245 @@
-// `npm run bench`: cpr-exec blackout of the `counter` guest against RAM size. Reports, never fails.
-//   npm run bench -- [--sizes 1G,16G] [--updates 20] [--json]
+// `npm run bench`: the performance story. Reports, never fails a test run.
+//   npm run bench -- [--sizes 1G,2G,4G,8G,16G] [--updates N] [--json] [--pin-cost-ms-per-gib N]
+// 1. cpr-exec blackout of `netloop` on an embedded net,pa device (it pins, like hardware) against
+//    guest RAM size: the new-owner path and the forced fallback (reopen + re-pin), interleaved.
+// 2. VMM start to the guest's first instruction; QMP round trip; the no-device blackout (counter);
+//    host-driven frames/s through the embedded device's loopback.
 import { parseArgs } from 'node:util';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir, cpus, totalmem, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runUpdate } from '../vmm/update.js';
+import { QmpConnection } from '../vmm/qmp.js';
 import { parseSize } from '../vmm/cli.js';
+import { parseStats } from '../vmm/demo.js';
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 const BIN = join(ROOT, 'bin/minivmm.js');
 
-export const median = (xs: number[]): number => quantile(xs, 0.5);
 export function quantile(xs: number[], q: number): number {
   const s = [...xs].sort((a, b) => a - b);
   if (s.length === 0) return NaN;
   const pos = (s.length - 1) * q, lo = Math.floor(pos), hi = Math.ceil(pos);
   return s[lo] + (s[hi] - s[lo]) * (pos - lo);
 }
+export const median = (xs: number[]): number => quantile(xs, 0.5);
 const r1 = (x: number) => Math.round(x * 10) / 10;
+const r2 = (x: number) => Math.round(x * 100) / 100;
+const progress = (s: string) => process.stderr.write(`\r\x1b[K${s}`);
 
-export function machineInfo(): Record<string, unknown> {
-  const cpu = cpus()[0]?.model ?? 'unknown';
-  return { cpu, cores: cpus().length, memory_gib: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, date: new Date().toISOString() };
+/** Least-squares slope of y against x. */
+export function slope(points: [number, number][]): number {
+  const n = points.length;
+  if (n < 2) return NaN;
+  const mx = points.reduce((a, p) => a + p[0], 0) / n, my = points.reduce((a, p) => a + p[1], 0) / n;
+  const num = points.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0), den = points.reduce((a, [x]) => a + (x - mx) ** 2, 0);
+  return den === 0 ? NaN : num / den;
 }
 
-async function startVm(memory: string, dir: string): Promise<{ qmp: string; stop: () => void }> {
-  const qmp = join(dir, `qmp-${memory}.sock`);
-  const child = spawn(process.execPath, [BIN, 'run', '--guest', 'counter', '--memory', memory, '--qmp', qmp, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise<void>((res, rej) => {
-    child.stdout!.on('data', () => res());
-    child.once('exit', (c) => rej(new Error(`VM exited with ${c} before printing`)));
-  });
-  child.stdout!.resume();
-  return { qmp, stop: () => child.kill('SIGKILL') };
+export function machineInfo(): Record<string, unknown> {
+  return { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, memory_gib: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, date: new Date().toISOString() };
+}
+
+interface Vm { child: ChildProcess; qmp: string; out: () => string; stop: () => Promise<void> }
+
+async function startVm(args: string[], dir: string, waitRe: RegExp): Promise<Vm & { spawnedAt: number }> {
+  const qmp = join(dir, `qmp-${Math.random().toString(36).slice(2)}.sock`);
+  const spawnedAt = Date.now();
+  const child = spawn(process.execPath, [BIN, 'run', ...args, '--qmp', qmp, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  child.stdout!.on('data', (d) => { out += d; });
+  child.stderr!.on('data', (d) => { err += d; });
+  const deadline = Date.now() + 120_000;
+  while (!waitRe.test(out)) {
+    if (child.exitCode !== null) throw new Error(`VM exited (${child.exitCode}): ${err.trim().split('\n').pop()}`);
+    if (Date.now() > deadline) throw new Error(`VM did not print ${waitRe}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    child, qmp, spawnedAt, out: () => out,
+    stop: async () => {
+      try { const c = await QmpConnection.connect(qmp); await c.execute('quit').catch(() => undefined); c.close(); } catch { child.kill('SIGKILL'); }
+      await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('close', r)));
+    },
+  };
+}
+
+type Update = { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; phases: Record<string, number> } };
+
+interface Series { downtimes: number[]; phases: Record<string, number[]> }
+const newSeries = (): Series => ({ downtimes: [], phases: {} });
+function record(s: Series, r: Update): void {
+  s.downtimes.push(r.downtime);
+  for (const [k, v] of Object.entries(r.cpr.phases)) (s.phases[k] ??= []).push(v);
+}
+function summarize(s: Series) {
+  return {
+    median_ms: r1(median(s.downtimes)), p90_ms: r1(quantile(s.downtimes, 0.9)), n: s.downtimes.length,
+    phases: Object.fromEntries(Object.entries(s.phases).map(([k, v]) => [k, r2(median(v))])),
+  };
+}
+
+async function update(vm: Vm, extra: Record<string, unknown> = {}): Promise<Update> {
+  const r = await runUpdate(vm.qmp, null, 120_000, extra) as Update;
+  if (r.status !== 'completed') throw new Error(`update failed: ${r['error-desc']}`);
+  return r;
+}
+
+/** Blackout against RAM size, both paths interleaved in the same VM. */
+async function blackoutVsRam(sizes: string[], n: number, dir: string, pinCost: number | undefined) {
+  const results: Record<string, unknown>[] = [];
+  for (const size of sizes) {
+    progress(`${size}: starting netloop on sim:net,pa (the first UPDATE pins all of RAM)...`);
+    const t0 = Date.now();
+    const vm = await startVm(['--guest', 'netloop', '--memory', size, '--vdpa', `sim:net,pa${pinCost !== undefined ? `,pin-cost=${pinCost}` : ''}`], dir, /^net sent=/m);
+    const startS = (Date.now() - t0) / 1000;
+    const series = { 'new-owner': newSeries(), fallback: newSeries() };
+    for (let i = 0; i < n; i++) {
+      for (const path of ['new-owner', 'fallback'] as const) {
+        const r = await update(vm, { 'x-vdpa-path': path === 'fallback' ? 'fallback' : 'auto' });
+        if (r.cpr.path !== path) throw new Error(`asked for ${path}, got ${r.cpr.path}`);
+        record(series[path], r);
+        progress(`${size}: update ${i + 1}/${n} ${path.padEnd(9)} blackout ${r.downtime.toFixed(1)} ms`);
+        await new Promise((res) => setTimeout(res, 150));
+      }
+    }
+    const net = parseStats(vm.out()).net;
+    await vm.stop();
+    for (const path of ['new-owner', 'fallback'] as const) {
+      results.push({ path, size, gib: parseSize(size) / 2 ** 30, start_s: r1(startS), ...summarize(series[path]), net_lost: net?.lost ?? null });
+    }
+  }
+  progress('');
+  return results;
+}
+
+async function startupTimes(dir: string, n: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const vm = await startVm(['--guest', 'counter', '--memory', '1G'], dir, /^counter /m);
+    const c = await QmpConnection.connect(vm.qmp);
+    const s = await c.execute('x-query-stats') as { 'first-run-epoch-ms': number };
+    c.close();
+    out.push(s['first-run-epoch-ms'] - vm.spawnedAt);
+    await vm.stop();
+    progress(`start to first guest instruction: run ${i + 1}/${n}: ${out[i].toFixed(1)} ms`);
+  }
+  return out;
+}
+
+async function qmpLatency(dir: string, n: number): Promise<number[]> {
+  const vm = await startVm(['--guest', 'counter', '--memory', '256M'], dir, /^counter /m);
+  const c = await QmpConnection.connect(vm.qmp);
+  const lat: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t = process.hrtime.bigint();
+    await c.execute('query-status');
+    lat.push(Number(process.hrtime.bigint() - t) / 1e6);
+  }
+  c.close();
+  await vm.stop();
+  return lat;
+}
+
+async function noDeviceBlackout(dir: string, n: number) {
+  const vm = await startVm(['--guest', 'counter', '--memory', '1G'], dir, /^counter /m);
+  const s = newSeries();
+  for (let i = 0; i < n; i++) {
+    record(s, await update(vm));
+    progress(`no-device blackout (counter, 1G): update ${i + 1}/${n}`);
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  await vm.stop();
+  return summarize(s);
+}
+
+function loopbackFramesPerSecond(): Record<string, number> {
+  const out = execFileSync(process.execPath, [join(ROOT, 'dist/devices/vdpa/bench-loopback.js'), '3', '128'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const res: Record<string, number> = {};
+  for (const m of out.matchAll(/^(\w+): \d+ frames in [\d.]+ s = (\d+) frames\/s/gm)) res[m[1]] = Number(m[2]);
+  return res;
+}
+
+async function plot(results: Record<string, unknown>[], machine: Record<string, unknown>, command: string): Promise<string> {
+  const vega = await import('vega');
+  const { compile } = await import('vega-lite');
+  const values = results.map((r) => ({ ...r, hi: r.p90_ms as number, gib: r.gib as number }));
+  const spec = compile({
+    $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+    title: { text: 'cpr-exec blackout against guest RAM (netloop on an embedded net,pa device)', subtitle: [`${machine.cpu}, ${machine.cores} cores, ${machine.kernel}, Node ${machine.node}`, command] },
+    width: 520, height: 300,
+    data: { values },
+    encoding: {
+      x: { field: 'gib', type: 'quantitative', title: 'guest RAM (GiB)', scale: { type: 'log', base: 2 }, axis: { values: values.map((v) => v.gib as number) } },
+      color: { field: 'path', type: 'nominal', title: 'update path' },
+    },
+    layer: [
+      { mark: { type: 'line', point: true }, encoding: { y: { field: 'median_ms', type: 'quantitative', title: 'blackout (ms): median, whisker to p90' } } },
+      { mark: { type: 'rule' }, encoding: { y: { field: 'median_ms', type: 'quantitative' }, y2: { field: 'hi' } } },
+      { mark: { type: 'tick', orient: 'horizontal' }, encoding: { y: { field: 'hi', type: 'quantitative' } } },
+    ],
+  } as never).spec;
+  const view = new vega.View(vega.parse(spec), { renderer: 'none' });
+  return view.toSVG();
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { sizes: { type: 'string', default: '1G,16G' }, updates: { type: 'string', default: '20' }, json: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ options: {
+    sizes: { type: 'string', default: '1G,2G,4G,8G,16G' }, updates: { type: 'string', default: '10' }, json: { type: 'boolean', default: false },
+    'pin-cost-ms-per-gib': { type: 'string' }, quick: { type: 'boolean', default: false },
+  } });
   const sizes = (values.sizes as string).split(',');
   sizes.forEach(parseSize);
   const n = Number(values.updates);
+  const pinCost = values['pin-cost-ms-per-gib'] !== undefined ? Number(values['pin-cost-ms-per-gib']) : undefined;
   const dir = mkdtempSync(join(tmpdir(), 'minivmm-bench-'));
-  const results: Record<string, unknown>[] = [];
-  for (const size of sizes) {
-    const vm = await startVm(size, dir);
-    const downtimes: number[] = [];
-    const phases: Record<string, number[]> = {};
-    for (let i = 0; i < n; i++) {
-      const r = await runUpdate(vm.qmp, null, 30_000) as { status: string; downtime: number; cpr: { phases: Record<string, number> } };
-      if (r.status !== 'completed') throw new Error(`update ${i + 1} at ${size} failed: ${JSON.stringify(r)}`);
-      downtimes.push(r.downtime);
-      for (const [k, v] of Object.entries(r.cpr.phases)) (phases[k] ??= []).push(v);
-      process.stderr.write(`\r${size}: update ${i + 1}/${n} blackout ${r.downtime.toFixed(1)} ms   `);
-      await new Promise((res) => setTimeout(res, 100));
-    }
-    process.stderr.write('\n');
-    vm.stop();
-    results.push({
-      path: 'cpr-exec', size, guest: 'counter', updates: n,
-      median_ms: r1(median(downtimes)), p90_ms: r1(quantile(downtimes, 0.9)),
-      phases: Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, r1(median(v))])),
-      phases_p90: Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, r1(quantile(v, 0.9))])),
-    });
-  }
-  const out = { machine: machineInfo(), command: `npm run bench -- --sizes ${values.sizes} --updates ${n}`, results };
-  if (values.json) {
-    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
-    const dirOut = join(ROOT, 'bench/results');
-    mkdirSync(dirOut, { recursive: true });
-    writeFileSync(join(dirOut, `cpr-exec-${new Date().toISOString().slice(0, 10)}.json`), JSON.stringify(out, null, 2));
-  } else {
-    console.log(`cpr-exec blackout, counter guest, ${n} updates per size (${(out.machine as { cpu: string }).cpu}, ${cpus().length} cores)`);
-    console.log('size   median   p90    | pause  save  exec  restore resume (medians, ms)');
-    for (const r of results as { size: string; median_ms: number; p90_ms: number; phases: Record<string, number> }[]) {
+  const command = `npm run bench -- --sizes ${values.sizes} --updates ${n}`;
+  const machine = machineInfo();
+  try {
+    const results = await blackoutVsRam(sizes, n, dir, pinCost);
+    const startup = await startupTimes(dir, values.quick ? 3 : 10);
+    const qmp = await qmpLatency(dir, 1000);
+    const noDevice = await noDeviceBlackout(dir, n);
+    progress('loopback frames/s (host-driven, 3 s per mode)...');
+    const loopback = loopbackFramesPerSecond();
+    progress('');
+    const byPath = (p: string) => results.filter((r) => r.path === p) as { gib: number; median_ms: number; size: string }[];
+    const slopes = Object.fromEntries(['new-owner', 'fallback'].map((p) => [p, r2(slope(byPath(p).map((r) => [r.gib, r.median_ms])))]));
+    const ratios = Object.fromEntries(byPath('new-owner').map((r) => [r.size, r2((byPath('fallback').find((f) => f.size === r.size)?.median_ms ?? NaN) / r.median_ms)]));
+    const out = {
+      machine, command, results,
+      slope_ms_per_gib: slopes, ratio_fallback_over_new_owner: ratios,
+      startup_to_first_instruction_ms: { median: r1(median(startup)), p90: r1(quantile(startup, 0.9)), n: startup.length },
+      qmp_round_trip_ms: { median: r2(median(qmp)), p90: r2(quantile(qmp, 0.9)), n: qmp.length },
+      no_device_blackout: noDevice,
+      loopback_frames_per_s: loopback,
+      pin_cost_ms_per_gib: pinCost ?? 0,
+    };
+    const resultsDir = join(ROOT, 'bench/results');
+    mkdirSync(resultsDir, { recursive: true });
+    const stem = join(resultsDir, `bench-${new Date().toISOString().slice(0, 10)}`);
+    writeFileSync(`${stem}.json`, `${JSON.stringify(out, null, 2)}\n`);
+    writeFileSync(`${stem}.svg`, await plot(results, machine, command));
+    if (values.json) { process.stdout.write(`${JSON.stringify(out)}\n`); return; }
+    console.log(`minivmm bench: ${machine.cpu}, ${machine.cores} cores, ${machine.memory_gib} GiB, Linux ${machine.kernel}, Node ${machine.node}`);
+    console.log(`\ncpr-exec blackout, netloop on sim:net,pa, ${n} updates per path and size (ms; phases are medians)`);
+    console.log('path       size  median    p90 |  pause   save   exec   load  decode   kvm devices new_owner remap  repin  resume');
+    for (const r of results as { path: string; size: string; median_ms: number; p90_ms: number; phases: Record<string, number> }[]) {
       const p = r.phases;
-      console.log(`${r.size.padEnd(6)} ${String(r.median_ms).padStart(6)} ${String(r.p90_ms).padStart(6)} | ${[p.pause, p.save, p.exec, p.restore, p.resume].map((x) => String(x).padStart(5)).join(' ')}`);
+      console.log(`${r.path.padEnd(10)} ${r.size.padStart(4)} ${String(r.median_ms).padStart(7)} ${String(r.p90_ms).padStart(6)} | ${['pause', 'save', 'exec', 'load', 'decode', 'kvm', 'devices', 'new_owner', 'remap', 'repin', 'resume'].map((k) => String(p[k] ?? '-').padStart(6)).join(' ')}`);
     }
+    console.log(`\nslope (ms/GiB): new-owner ${slopes['new-owner']}, fallback ${slopes.fallback}`);
+    console.log(`fallback / new-owner: ${Object.entries(ratios).map(([s, x]) => `${s} ${x}x`).join(', ')}`);
+    console.log(`VMM start to first guest instruction: median ${out.startup_to_first_instruction_ms.median} ms, p90 ${out.startup_to_first_instruction_ms.p90} ms`);
+    console.log(`QMP round trip (query-status): median ${out.qmp_round_trip_ms.median} ms, p90 ${out.qmp_round_trip_ms.p90} ms`);
+    console.log(`no-device blackout (counter, 1G): median ${noDevice.median_ms} ms, p90 ${noDevice.p90_ms} ms`);
+    console.log(`embedded loopback, host-driven 64-byte frames: ${Object.entries(loopback).map(([k, v]) => `${k} ${v}/s`).join(', ')}`);
+    console.log(`\nwritten: ${stem}.json, ${stem}.svg`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 
-main().catch((e) => { process.stderr.write(`bench: ${(e as Error).message}\n`); process.exit(1); });
+main().catch((e) => { process.stderr.write(`\nbench: ${(e as Error).message}\n`); process.exit(1); });

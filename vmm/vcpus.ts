@@ -34,8 +34,12 @@ export class Vcpus {
 
   constructor(private mem: GuestMemory, private pio: PioHandler, private mmio: MmioHandler, private onEvent: (e: VcpuEvent) => void) {}
 
+  /** When the first KVM_RUN was issued (performance.now(), ms since this process started). */
+  firstRunAt?: number;
+
   /** Starts a run loop per vCPU (parked at once when `paused`). */
   start(vcpus: VcpuFd[], paused = false): void {
+    if (!paused) this.firstRunAt ??= performance.now();
     this.pauseRequested = paused;
     for (const vcpu of vcpus) {
       const loop: Loop = { vcpu, inRun: false, done: Promise.resolve() };

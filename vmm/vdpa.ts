@@ -13,7 +13,7 @@ export const VDPA_MMIO_BASE = 0xd0000000, VDPA_GSI_BASE = 16, MAX_VDPA = 8;
 
 export type VdpaSpec =
   | { kind: 'path'; path: string }
-  | { kind: 'sim'; type: 'net' | 'blk'; dma: 'va' | 'pa'; model?: 'no-new-owner'; quirks: { remapLagsOutsideBatch?: boolean; newOwnerRlimitBeforeBusy?: boolean } };
+  | { kind: 'sim'; type: 'net' | 'blk'; dma: 'va' | 'pa'; model?: 'no-new-owner'; quirks: { remapLagsOutsideBatch?: boolean; newOwnerRlimitBeforeBusy?: boolean }; pinCostMsPerGib?: number };
 
 export class VdpaSpecError extends Error {}
 
@@ -29,7 +29,8 @@ export function parseVdpaSpec(text: string): VdpaSpec {
     if (o === 'va' || o === 'pa') spec.dma = o;
     else if (o === 'no-new-owner') spec.model = o;
     else if (o === 'remapLagsOutsideBatch' || o === 'newOwnerRlimitBeforeBusy') spec.quirks[o] = true;
-    else throw new VdpaSpecError(`--vdpa ${text}: unknown option '${o}' (va, pa, no-new-owner, remapLagsOutsideBatch, newOwnerRlimitBeforeBusy)`);
+    else if (/^pin-cost=\d+(\.\d+)?$/.test(o)) spec.pinCostMsPerGib = Number(o.slice(9));
+    else throw new VdpaSpecError(`--vdpa ${text}: unknown option '${o}' (va, pa, no-new-owner, pin-cost=MS_PER_GIB, remapLagsOutsideBatch, newOwnerRlimitBeforeBusy)`);
   }
   return spec;
 }
@@ -50,6 +51,8 @@ export async function resolveVdpaPaths(specs: VdpaSpec[], ramBytes: number): Pro
     const memlockLimit = sims.some((s) => s.dma === 'pa') && raiseMemlock(need) < need ? need : undefined;
     const d = await startVdpaDaemon({
       dir, memlockLimit,
+      // The pin-time charge of the spec's cost model (§6.4), on top of the real mlock; one per daemon.
+      pinCostMsPerGib: Math.max(0, ...sims.map((s) => s.pinCostMsPerGib ?? 0)),
       devices: sims.map((s, i) => ({ name: `vhost-vdpa-${i}`, type: s.type, dma: s.dma, model: s.model, quirks: s.quirks })),
     });
     daemon = { pid: d.pid, dir: d.dir };

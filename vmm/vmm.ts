@@ -97,6 +97,10 @@ export class Vmm {
     });
     q.register('query-migrate-parameters', () => ({ mode: this.params.mode, 'cpr-exec-command': this.params.cprExecCommand ?? [], 'x-vdpa-path': this.params.vdpaPath }));
     q.register('query-migrate', () => this.queryMigrate());
+    q.register('x-query-stats', () => {
+      const at = this.machine.vcpus.firstRunAt;
+      return { 'first-run-ms': at ?? null, 'first-run-epoch-ms': at === undefined ? null : performance.timeOrigin + at, updates: this.history.length };
+    });
     q.register('x-query-vdpa', () => ({
       daemon: this.daemon ?? null,
       devices: this.vdpa.map((d) => ({
