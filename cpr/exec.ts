@@ -7,7 +7,7 @@ import {
   F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
 } from '../src/libc.js';
 import { encodeState, loadEncoder, type NamedFd, type CprState } from './state.js';
-import type { Vmm } from '../vmm/vmm.js';
+import type { Vmm, Migrators } from '../vmm/vmm.js';
 import type { VhostVdpa, VdpaState } from '../devices/vhost-vdpa.js';
 import { log } from '../vmm/log.js';
 
@@ -95,3 +95,8 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
     (await log()).error({ err: reason }, `live update failed, guest resumed: ${reason}`);
   }
 }
+
+export const MIGRATORS: Migrators = {
+  'cpr-exec': (vmm) => cprExec(vmm, vmm.params.cprExecCommand),
+  'cpr-transfer': async (vmm, uri) => (await import('./transfer.js')).cprTransfer(vmm, uri, vmm.params.transferTimeoutMs),
+};

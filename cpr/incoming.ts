@@ -10,7 +10,7 @@ import { STATE_ENV, TIMES_ENV } from './exec.js';
 import { Vmm, VERSION, type UpdateResult } from '../vmm/vmm.js';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
 import { stopDaemon } from '../vmm/vdpa.js';
-import { cprExec } from './exec.js';
+import { MIGRATORS } from './exec.js';
 import { setLogLevel } from '../vmm/log.js';
 
 const ms = (a: bigint, b: bigint): number => Number(b - a) / 1e6;
@@ -29,20 +29,37 @@ export function readStateBlob(fd: number): Buffer {
   return blob.subarray(0, off);
 }
 
+/** When the state left the old image and reached this one (ns, CLOCK_MONOTONIC). */
+export interface Handoff {
+  mode: 'cpr-exec' | 'cpr-transfer';
+  saved: bigint; // old image: state written
+  sent: bigint; // old image: execve called / message sent
+  arrived: bigint; // this image: first JS statement / message received
+  loaded: bigint; // this image: modules loaded
+}
+
+/** cpr-exec: the state memfd named in the environment. */
 export async function incoming(entryTime: bigint): Promise<Vmm> {
-  const t = { entry: entryTime, loaded: process.hrtime.bigint(), decoded: 0n, vm: 0n, devices: 0n, resumed: 0n };
+  const loaded = process.hrtime.bigint();
   const fdText = process.env[STATE_ENV]!;
   const [saved, execT0] = (process.env[TIMES_ENV] ?? '').split(',').map((x) => (/^\d+$/.test(x) ? BigInt(x) : entryTime));
   delete process.env[STATE_ENV];
   delete process.env[TIMES_ENV];
   const stateFd = Number(fdText);
   if (!Number.isInteger(stateFd) || stateFd < 0) throw new Error(`${STATE_ENV}=${fdText} does not name an fd`);
-
   let state: CprState;
   try { state = decodeState(readStateBlob(stateFd)); } finally { try { close(stateFd); } catch { /* already closed */ } }
-  t.decoded = process.hrtime.bigint();
+  return restoreVm(state, { mode: 'cpr-exec', saved: saved ?? entryTime, sent: execT0 ?? entryTime, arrived: entryTime, loaded });
+}
 
-  const vmm = new Vmm(cprExec);
+/**
+ * Rebuild the VM from a decoded state whose fds are open in this process, and resume it.
+ * `beforeResume` runs after every device is restored and before the vCPUs run (a transfer's
+ * last point of no return); `afterResume` right after they run.
+ */
+export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResume?: () => void; afterResume?: () => void } = {}): Promise<Vmm> {
+  const t = { decoded: process.hrtime.bigint(), vm: 0n, devices: 0n, resumed: 0n };
+  const vmm = new Vmm(MIGRATORS);
   const { machine: ms0, fds } = state;
   const serialFd = ms0.config.serial === 'stdio' ? 1 : findFd(fds, 'serial');
   const inject = process.env.MINIVMM_INJECT;
@@ -61,8 +78,15 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
     devices.push({ index: s.index, path: r.path, note: r.note, timings: Object.fromEntries(Object.entries(r.timings).map(([k, v]) => [k, round(v as number)])) });
   }
   t.devices = process.hrtime.bigint();
+  if (inject === 'new-process-crash') {
+    // Fault injection (tests, demo): die with the devices taken over and before acknowledging.
+    process.stderr.write('minivmm: injected crash of the new process before it acknowledges\n');
+    process.kill(process.pid, 'SIGKILL');
+  }
+  hooks.beforeResume?.();
   vmm.machine.start();
   t.resumed = process.hrtime.bigint();
+  hooks.afterResume?.();
   for (const d of vmm.vdpa) d.notifyAll(); // notifications lost in the pause
 
   // The guest runs again. Kept fds get CLOEXEC back so nothing we spawn inherits them.
@@ -71,22 +95,23 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
   const sum = (k: 'newOwner' | 'remap' | 'map') => round(devices.reduce((a, d) => a + (d.timings[k] ?? 0), 0));
   const result: UpdateResult = {
     n: u.n,
+    mode: h.mode,
     path: devices.length === 0 ? 'none' : devices.some((d) => d.path === 'fallback') ? 'fallback' : 'new-owner',
     devices,
     downtime: round(ms(u.t.pauseStart, t.resumed)),
     phases: {
       pause: round(ms(u.t.pauseStart, u.t.paused)),
-      save: round(ms(u.t.paused, saved ?? entryTime)),
-      exec: round(ms(execT0 ?? entryTime, t.entry)),
-      restore: round(ms(t.entry, t.devices)),
+      save: round(ms(u.t.paused, h.saved)),
+      [h.mode === 'cpr-exec' ? 'exec' : 'transfer']: round(ms(h.sent, h.arrived)),
+      restore: round(ms(h.arrived, t.devices)),
       resume: round(ms(t.devices, t.resumed)),
+      load: round(ms(h.arrived, h.loaded)),
+      decode: round(ms(h.loaded, t.decoded)),
       kvm: round(ms(t.decoded, t.vm)),
       devices: round(ms(t.vm, t.devices)),
       new_owner: sum('newOwner'),
       remap: sum('remap'),
       repin: sum('map'),
-      load: round(ms(t.entry, t.loaded)),
-      decode: round(ms(t.loaded, t.decoded)),
     },
   };
   vmm.history = [...u.history, { n: u.n, downtime: result.downtime, path: result.path, phases: result.phases }];
@@ -94,10 +119,11 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
   if (ms0.config.qmp) {
     const { QmpServer } = await import('../vmm/qmp.js');
     await vmm.startMonitor(await QmpServer.adopt(findFd(fds, 'qmp'), VERSION));
-    vmm.params.mode = 'cpr-exec';
+    vmm.params.mode = h.mode;
     vmm.qmp!.event('RESUME');
     vmm.qmp!.event('MIGRATION', { status: 'completed' });
   }
+  vmm.handleSignals();
   setLogLevel(ms0.config.logLevel);
   await vmm.logUpdate(result);
   return vmm;

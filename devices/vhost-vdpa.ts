@@ -199,6 +199,27 @@ export class VhostVdpa implements VirtioBackend {
     this.notifyAll();
   }
 
+  /**
+   * Old image after a failed cpr-transfer (the new process is dead): take the device back. It may
+   * be running under the new process's ownership and addresses, so: SUSPEND first (no owner
+   * check), NEW_OWNER (EBUSY: we never lost it), REMAP to our own addresses, our eventfds, RESUME.
+   */
+  takeBack(saved: VdpaState, mem: GuestMemory): void {
+    const running = (saved.status & S.DRIVER_OK) !== 0;
+    if (running && this.has(BACKEND_F.SUSPEND)) vhost.suspend(this.fd);
+    try { vhost.newOwner(this.fd); } catch (e) { if (!(e instanceof SyscallError && e.code === 'EBUSY')) throw e; }
+    if (this.offered & BACKEND_F.IOTLB_REMAP) this.mapAll(mem, IOTLB.REMAP);
+    if (!running) return;
+    if (saved.reset) { this.reinit(saved.status, saved.bases); this.notifyAll(); return; }
+    this.transport.queues.forEach((q, i) => {
+      if (!q.ready || i >= this.vqs) return;
+      vhost.setVringKick(this.fd, i, this.kick[i]);
+      vhost.setVringCall(this.fd, i, this.call[i]);
+    });
+    vhost.resume(this.fd);
+    this.notifyAll();
+  }
+
   /** The fd to keep across exec: only on the fast path. The fallback lets it close (that releases the device). */
   get keptFd(): number | null { return this.updatePath === 'new-owner' ? this.fd : null; }
 

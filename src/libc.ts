@@ -182,3 +182,81 @@ export const mount = (source: string, target: string, fstype: string, flags: num
 export const umount2 = (target: string, flags: number): void => {
   sys(`umount2(${target})`, 'umount2', [T.String, T.I32], [target, flags]);
 };
+
+// ---- UNIX sockets with fd passing (cpr-transfer) ----
+export const AF_UNIX = 1, SOCK_STREAM = 1, SOCK_SEQPACKET = 5, SOCK_CLOEXEC = 0o2000000, SOL_SOCKET = 1, SCM_RIGHTS = 1,
+  SO_PEERCRED = 17, SO_RCVTIMEO = 20, MSG_CMSG_CLOEXEC = 0x40000000;
+
+function sockaddrUn(path: string): Buffer {
+  const b = Buffer.alloc(110);
+  b.writeUInt16LE(AF_UNIX, 0);
+  if (Buffer.byteLength(path) > 107) throw new Error(`socket path too long: ${path}`);
+  b.write(path, 2);
+  return b;
+}
+export const socket = (type: number): number => sys('socket', 'socket', [T.I32, T.I32, T.I32], [AF_UNIX, type | SOCK_CLOEXEC, 0]);
+export const bind = (fd: number, path: string): void => { sys(`bind(${path})`, 'bind', [T.I32, T.U8Array, T.I32], [fd, sockaddrUn(path), 110]); };
+export const listen = (fd: number, backlog: number): void => { sys('listen', 'listen', [T.I32, T.I32], [fd, backlog]); };
+export const connect = (fd: number, path: string): void => { sys(`connect(${path})`, 'connect', [T.I32, T.U8Array, T.I32], [fd, sockaddrUn(path), 110]); };
+/** accept4 on a libuv pool thread, so the event loop goes on while we wait. */
+export async function acceptAsync(fd: number): Promise<number> {
+  const r = await (ffi.load({ library: 'libc', funcName: 'accept4', retType: T.I32, paramsType: [T.I32, T.U64, T.U64, T.I32], paramsValue: [fd, 0, 0, SOCK_CLOEXEC], errno: true, runInNewThread: true }) as unknown as Promise<Raw>);
+  if (r.value === -1) throw new SyscallError('accept4', r.errnoCode, r.errnoMessage);
+  return r.value;
+}
+/** The pid of the process at the other end of a connected UNIX socket. */
+export function peerPid(fd: number): number {
+  const cred = Buffer.alloc(12), len = Buffer.alloc(4);
+  len.writeUInt32LE(12);
+  sys('getsockopt(SO_PEERCRED)', 'getsockopt', [T.I32, T.I32, T.I32, T.U8Array, T.U8Array], [fd, SOL_SOCKET, SO_PEERCRED, cred, len]);
+  return cred.readInt32LE(0);
+}
+export function setRecvTimeout(fd: number, ms: number): void {
+  const tv = Buffer.alloc(16);
+  tv.writeBigInt64LE(BigInt(Math.floor(ms / 1000)), 0);
+  tv.writeBigInt64LE(BigInt((ms % 1000) * 1000), 8);
+  sys('setsockopt(SO_RCVTIMEO)', 'setsockopt', [T.I32, T.I32, T.I32, T.U8Array, T.I32], [fd, SOL_SOCKET, SO_RCVTIMEO, tv, 16]);
+}
+
+/** One sendmsg(2): `data` plus `fds` as SCM_RIGHTS. */
+export function sendWithFds(fd: number, data: Buffer, fds: number[]): void {
+  const iov = Buffer.alloc(16);
+  iov.writeBigUInt64LE(BigInt(addressOf(data)), 0); iov.writeBigUInt64LE(BigInt(data.length), 8);
+  const space = fds.length ? 16 + Math.ceil((fds.length * 4) / 8) * 8 : 0;
+  const control = Buffer.alloc(Math.max(space, 8));
+  if (fds.length) {
+    control.writeBigUInt64LE(BigInt(16 + fds.length * 4), 0);
+    control.writeInt32LE(SOL_SOCKET, 8); control.writeInt32LE(SCM_RIGHTS, 12);
+    fds.forEach((f, i) => control.writeInt32LE(f, 16 + i * 4));
+  }
+  const msg = Buffer.alloc(56);
+  msg.writeBigUInt64LE(BigInt(addressOf(iov)), 16); msg.writeBigUInt64LE(1n, 24);
+  if (fds.length) { msg.writeBigUInt64LE(BigInt(addressOf(control)), 32); msg.writeBigUInt64LE(BigInt(space), 40); }
+  const n = sys('sendmsg', 'sendmsg', [T.I32, T.U8Array, T.I32], [fd, msg, 0], T.I64);
+  if (n !== data.length) throw new Error(`sendmsg sent ${n} of ${data.length} bytes`);
+}
+
+/** One recvmsg(2) of at most `max` bytes and up to `maxFds` fds (received close-on-exec). Async: a pool thread waits. */
+export async function recvWithFds(fd: number, max: number, maxFds: number): Promise<{ data: Buffer; fds: number[] }> {
+  const data = Buffer.alloc(max);
+  const iov = Buffer.alloc(16);
+  iov.writeBigUInt64LE(BigInt(addressOf(data)), 0); iov.writeBigUInt64LE(BigInt(max), 8);
+  const space = 16 + Math.ceil((maxFds * 4) / 8) * 8;
+  const control = Buffer.alloc(space);
+  const msg = Buffer.alloc(56);
+  msg.writeBigUInt64LE(BigInt(addressOf(iov)), 16); msg.writeBigUInt64LE(1n, 24);
+  msg.writeBigUInt64LE(BigInt(addressOf(control)), 32); msg.writeBigUInt64LE(BigInt(space), 40);
+  // The msghdr goes by address: the kernel updates it in place (controllen, flags), and an async
+  // call must not work on a copy.
+  const r = await (ffi.load({ library: 'libc', funcName: 'recvmsg', retType: T.I64, paramsType: [T.I32, T.U64, T.I32], paramsValue: [fd, addressOf(msg), MSG_CMSG_CLOEXEC], errno: true, runInNewThread: true }) as unknown as Promise<Raw>);
+  void [data, iov, control]; // alive until here
+  if (r.value === -1) throw new SyscallError('recvmsg', r.errnoCode, r.errnoMessage);
+  const fds: number[] = [];
+  const controllen = Number(msg.readBigUInt64LE(40));
+  if (controllen >= 16 && control.readInt32LE(8) === SOL_SOCKET && control.readInt32LE(12) === SCM_RIGHTS) {
+    const n = (Number(control.readBigUInt64LE(0)) - 16) / 4;
+    for (let i = 0; i < n; i++) fds.push(control.readInt32LE(16 + i * 4));
+  }
+  if (msg.readInt32LE(48) & 0x8) throw new Error('recvmsg: control data truncated (MSG_CTRUNC)'); // fds were lost
+  return { data: data.subarray(0, r.value), fds };
+}

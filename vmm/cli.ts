@@ -16,8 +16,9 @@ export const BUILTIN_GUESTS = ['hello', 'counter', 'memtest', 'netloop', 'blkche
 const USAGE = `usage: minivmm <command> [options]
   run      --guest NAME|PATH [--memory SIZE] [--smp N] [--serial stdio|FILE] [--qmp PATH]
            [--append "key=value ..."] [--vdpa PATH|sim:net|sim:blk[,va|pa][,no-new-owner]]... [--log-level LEVEL]
+           [--incoming cpr-transfer:PATH]
   qmp      --socket PATH COMMAND [JSON-ARGS]
-  update   --socket PATH [--exec ARGV...] [--json]
+  update   --socket PATH [--mode cpr-exec|cpr-transfer] [--incoming PATH] [--exec ARGV...] [--json]
   demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--json]   (npm start)
   conformance --device PATH [--json FILE]      (the vhost-vdpa conformance suite)`;
 
@@ -51,12 +52,18 @@ function parse(args: string[], options: ParseArgsConfig['options'], allowPositio
   }
 }
 
-export function parseRunConfig(args: string[]): MachineConfig {
+export function parseRunConfig(args: string[]): MachineConfig & { incoming?: string } {
   const { values } = parse(args, {
     guest: { type: 'string' }, memory: { type: 'string', default: '256M' }, smp: { type: 'string', default: '1' },
     serial: { type: 'string', default: 'stdio' }, qmp: { type: 'string' }, append: { type: 'string', default: '' },
     'log-level': { type: 'string', default: 'info' }, vdpa: { type: 'string', multiple: true, default: [] },
+    incoming: { type: 'string' },
   });
+  if (values.incoming !== undefined) {
+    const inc = values.incoming as string;
+    if (!inc.startsWith('cpr-transfer:') || inc.length <= 13) throw new UsageError(`--incoming ${inc}: expected cpr-transfer:PATH`);
+    if (!values.guest) values.guest = 'hello'; // the state decides; the options only have to parse
+  }
   if (!values.guest) throw new UsageError('run: --guest NAME|PATH is required');
   const memory = parseSize(values.memory as string);
   if (memory < 16 * MiB) throw new UsageError(`--memory ${values.memory}: at least 16M`);
@@ -78,6 +85,7 @@ export function parseRunConfig(args: string[]): MachineConfig {
     qmp: values.qmp ? resolve(values.qmp as string) : null,
     logLevel: level,
     vdpa: vdpa.map((v) => (v.startsWith('sim:') ? v : resolve(v))),
+    incoming: values.incoming ? resolve((values.incoming as string).slice('cpr-transfer:'.length)) : undefined,
   };
 }
 
@@ -89,10 +97,16 @@ function checkKvm(): void {
 }
 
 async function cmdRun(args: string[]): Promise<void> {
-  const config = parseRunConfig(args);
+  const { incoming, ...config } = parseRunConfig(args);
   checkKvm();
   const { setLogLevel } = await import('./log.js');
   setLogLevel(config.logLevel);
+  if (incoming) {
+    // cpr-transfer target: load everything now, then wait for the old process on the socket.
+    const { incomingTransfer } = await import('../cpr/transfer.js');
+    await incomingTransfer(incoming);
+    return;
+  }
   const { startVmm } = await import('./start.js');
   await startVmm(config);
 }
@@ -122,11 +136,19 @@ async function connectOrExplain<T>(Conn: { connect(p: string): Promise<T> }, pat
 async function cmdUpdate(args: string[]): Promise<void> {
   const execAt = args.indexOf('--exec');
   const execArgv = execAt >= 0 ? args.slice(execAt + 1) : null;
-  const { values } = parse(execAt >= 0 ? args.slice(0, execAt) : args, { socket: { type: 'string' }, json: { type: 'boolean', default: false }, timeout: { type: 'string', default: '60' } });
-  if (!values.socket) throw new UsageError('usage: minivmm update --socket PATH [--json] [--exec ARGV...]');
+  const { values } = parse(execAt >= 0 ? args.slice(0, execAt) : args, {
+    socket: { type: 'string' }, json: { type: 'boolean', default: false }, timeout: { type: 'string', default: '60' },
+    mode: { type: 'string', default: 'cpr-exec' }, incoming: { type: 'string' },
+  });
+  if (!values.socket) throw new UsageError('usage: minivmm update --socket PATH [--mode cpr-exec|cpr-transfer] [--incoming PATH] [--json] [--exec ARGV...]');
   if (execArgv && execArgv.length === 0) throw new UsageError('update: --exec needs a command');
+  const mode = values.mode as string;
+  if (mode !== 'cpr-exec' && mode !== 'cpr-transfer') throw new UsageError(`update: --mode ${mode}: cpr-exec or cpr-transfer`);
+  if (mode === 'cpr-transfer' && !values.incoming) throw new UsageError('update: --mode cpr-transfer needs --incoming PATH (the socket of a process started with run --incoming cpr-transfer:PATH)');
   const { runUpdate } = await import('./update.js');
-  const result = await runUpdate(values.socket as string, execArgv, Number(values.timeout) * 1000);
+  const result = mode === 'cpr-transfer'
+    ? await runUpdate(values.socket as string, null, Number(values.timeout) * 1000, { mode, uri: `unix:${resolve(values.incoming as string)}` })
+    : await runUpdate(values.socket as string, execArgv, Number(values.timeout) * 1000);
   if (values.json) process.stdout.write(`${JSON.stringify(result)}\n`);
   else if (result.status === 'completed') {
     const r = result as { downtime: number; cpr: { path: string; phases: Record<string, number> } };

@@ -3,6 +3,7 @@
 // The listening socket is one of the fds kept across exec, so clients reconnect to the same path.
 import net from 'node:net';
 import { chmodSync, unlinkSync, existsSync, lstatSync } from 'node:fs';
+import { socket, bind, listen, close, SOCK_STREAM } from '../src/libc.js';
 
 export class QmpError extends Error {
   constructor(message: string, readonly cls = 'GenericError') { super(message); }
@@ -25,16 +26,30 @@ export class QmpServer {
     server.on('connection', (s) => this.accept(s));
   }
 
-  /** Listen on a new socket at `path` (mode 0600). */
+  /** Stop accepting connections (a cpr-transfer peer takes the socket over); clients stay. */
+  stopListening(): void { this.server.close(); }
+
+  /** Accept again on `fd` (a copy of the listening socket kept for a rollback). */
+  async listenAgain(fd: number): Promise<void> {
+    const server = net.createServer();
+    await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen({ fd }, () => resolve()); });
+    server.on('connection', (s) => this.accept(s));
+    this.server = server;
+  }
+
+  /**
+   * Listen on a new socket at `path` (mode 0600). The socket is made here rather than by
+   * net.Server.listen(path), whose close() would unlink the path: a cpr-transfer hands the
+   * listening socket to the next process while this one stops accepting.
+   */
   static async listen(path: string, version: QmpServer['version']): Promise<QmpServer> {
     if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path); // stale socket from a dead VMM
-    const server = net.createServer();
+    const fd = socket(SOCK_STREAM);
     const old = process.umask(0o177); // created 0600: no window where others could connect
-    try {
-      await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(path, () => resolve()); });
-    } finally { process.umask(old); }
+    try { bind(fd, path); } catch (e) { close(fd); throw e; } finally { process.umask(old); }
     chmodSync(path, 0o600);
-    return new QmpServer(server, version);
+    listen(fd, 16);
+    return QmpServer.adopt(fd, version);
   }
 
   /** Serve on an inherited listening fd (after exec). */

@@ -2,10 +2,15 @@
 // when the VMM exec's; the listening socket survives, so we reconnect and ask the new image.
 import { QmpConnection } from './qmp.js';
 
+/**
+ * `extra` goes into migrate-set-parameters; `extra.uri` is the migrate target instead
+ * (cpr-transfer: "unix:PATH" with `mode: 'cpr-transfer'`).
+ */
 export async function runUpdate(socket: string, execArgv: string[] | null, timeoutMs = 60_000, extra: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+  const { uri = 'file:/dev/null', ...params } = extra;
   const c = await QmpConnection.connect(socket);
-  await c.execute('migrate-set-parameters', { mode: 'cpr-exec', 'cpr-exec-command': execArgv ?? [], ...extra });
-  await c.execute('migrate', { uri: 'file:/dev/null' });
+  await c.execute('migrate-set-parameters', { mode: 'cpr-exec', 'cpr-exec-command': execArgv ?? [], ...params });
+  await c.execute('migrate', { uri });
   // Either the old image reports failure (exec failed, guest kept) or the connection closes (exec).
   const done = (m: Record<string, unknown>) => m.event === 'MIGRATION' && ['completed', 'failed'].includes((m.data as { status: string }).status);
   const ev = c.events.find(done) ?? await c.next(done, timeoutMs);

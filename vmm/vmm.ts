@@ -12,6 +12,7 @@ export const VERSION = { major: 0, minor: 1, micro: 0, package: 'minivmm 0.1.0' 
 
 export interface UpdateResult {
   n: number;
+  mode?: 'cpr-exec' | 'cpr-transfer';
   downtime: number;
   /** "new-owner" or "fallback" (the slowest any device took), "none" without devices. */
   path: string;
@@ -22,10 +23,13 @@ export interface UpdateResult {
 export interface MigrationInfo {
   status: 'none' | 'setup' | 'active' | 'completed' | 'failed';
   error?: string;
+  /** cpr-transfer: the new process failed and this one took the guest and its devices back. */
+  rolledBack?: boolean;
   last?: UpdateResult;
 }
 
-export type Migrator = (vmm: Vmm, command: string[] | null) => Promise<void>;
+/** How each migration mode is carried out (cpr/exec.ts, cpr/transfer.ts); `uri` as given to migrate. */
+export type Migrators = Record<'cpr-exec' | 'cpr-transfer', (vmm: Vmm, uri: string) => Promise<void>>;
 
 export class Vmm {
   machine!: Machine;
@@ -33,13 +37,14 @@ export class Vmm {
   /** The embedded device daemon this VM started (it outlives our exec; stopped when the VM ends). */
   daemon?: DaemonRef;
   qmp?: QmpServer;
-  params: { mode: string; cprExecCommand: string[] | null; vdpaPath: 'auto' | 'fallback' } = { mode: 'normal', cprExecCommand: null, vdpaPath: 'auto' };
+  params: { mode: string; cprExecCommand: string[] | null; vdpaPath: 'auto' | 'fallback'; transferTimeoutMs: number } =
+    { mode: 'normal', cprExecCommand: null, vdpaPath: 'auto', transferTimeoutMs: 5000 };
   migration: MigrationInfo = { status: 'none' };
   /** Updates this VM went through (carried across exec in the state). */
   history: UpdateRecord['history'] = [];
   private exiting = false;
 
-  constructor(private migrator: Migrator) {}
+  constructor(private migrators: Migrators) {}
 
   /** vCPU threads report guest exit (exit port) and fatal errors here. */
   onVcpuEvent = (e: VcpuEvent): void => {
@@ -57,6 +62,11 @@ export class Vmm {
     process.exit(code);
   }
   exitHooks: (() => Promise<void> | void)[] = [];
+
+  /** SIGTERM/SIGINT end the VM cleanly (socket removed, daemon stopped). */
+  handleSignals(): void {
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void this.exit(128 + (sig === 'SIGTERM' ? 15 : 2)));
+  }
 
   async startMonitor(qmp: QmpServer): Promise<void> {
     this.qmp = qmp;
@@ -77,13 +87,17 @@ export class Vmm {
       return new Promise(() => {}); // replied above; never resolves
     });
     q.register('migrate-set-parameters', (args) => {
-      const { mode, 'cpr-exec-command': cmd, 'x-vdpa-path': vdpaPath } = args as { mode?: unknown; 'cpr-exec-command'?: unknown; 'x-vdpa-path'?: unknown };
+      const { mode, 'cpr-exec-command': cmd, 'x-vdpa-path': vdpaPath, 'x-transfer-timeout-ms': timeout } = args as { mode?: unknown; 'cpr-exec-command'?: unknown; 'x-vdpa-path'?: unknown; 'x-transfer-timeout-ms'?: unknown };
+      if (timeout !== undefined) {
+        if (typeof timeout !== 'number' || !Number.isInteger(timeout) || timeout < 1 || timeout > 600_000) throw new QmpError("Parameter 'x-transfer-timeout-ms' expects an integer from 1 to 600000");
+        this.params.transferTimeoutMs = timeout;
+      }
       if (vdpaPath !== undefined) {
         if (vdpaPath !== 'auto' && vdpaPath !== 'fallback') throw new QmpError("Parameter 'x-vdpa-path' expects 'auto' or 'fallback'");
         this.params.vdpaPath = vdpaPath;
       }
       if (mode !== undefined) {
-        if (mode !== 'normal' && mode !== 'cpr-exec') throw new QmpError(`Parameter 'mode' does not accept value '${String(mode)}' (supported: normal, cpr-exec)`);
+        if (mode !== 'normal' && mode !== 'cpr-exec' && mode !== 'cpr-transfer') throw new QmpError(`Parameter 'mode' does not accept value '${String(mode)}' (supported: normal, cpr-exec, cpr-transfer)`);
         this.params.mode = mode;
       }
       if (cmd !== undefined) {
@@ -95,7 +109,7 @@ export class Vmm {
       }
       return {};
     });
-    q.register('query-migrate-parameters', () => ({ mode: this.params.mode, 'cpr-exec-command': this.params.cprExecCommand ?? [], 'x-vdpa-path': this.params.vdpaPath }));
+    q.register('query-migrate-parameters', () => ({ mode: this.params.mode, 'cpr-exec-command': this.params.cprExecCommand ?? [], 'x-vdpa-path': this.params.vdpaPath, 'x-transfer-timeout-ms': this.params.transferTimeoutMs }));
     q.register('query-migrate', () => this.queryMigrate());
     q.register('x-query-stats', () => {
       const at = this.machine.vcpus.firstRunAt;
@@ -111,13 +125,15 @@ export class Vmm {
     }));
     q.register('migrate', async (args) => {
       const uri = (args as { uri?: unknown }).uri;
-      if (typeof uri !== 'string' || !uri.startsWith('file:') || uri.length <= 5) throw new QmpError("Parameter 'uri' must be 'file:PATH' (the CPR state itself travels in a memfd)");
-      if (this.params.mode !== 'cpr-exec') throw new QmpError(`migration mode '${this.params.mode}' is not supported: set mode 'cpr-exec' with migrate-set-parameters`);
+      const mode = this.params.mode;
+      if (mode !== 'cpr-exec' && mode !== 'cpr-transfer') throw new QmpError(`migration mode '${mode}' is not supported: set mode 'cpr-exec' or 'cpr-transfer' with migrate-set-parameters`);
+      if (mode === 'cpr-exec' && (typeof uri !== 'string' || !uri.startsWith('file:') || uri.length <= 5)) throw new QmpError("Parameter 'uri' must be 'file:PATH' (the CPR state itself travels in a memfd)");
+      if (mode === 'cpr-transfer' && (typeof uri !== 'string' || !uri.startsWith('unix:') || uri.length <= 5)) throw new QmpError("Parameter 'uri' must be 'unix:PATH', the socket of the new process (started with --incoming cpr-transfer:PATH)");
       if (this.migration.status === 'setup' || this.migration.status === 'active') throw new QmpError('There is already a migration in progress');
       this.migration = { status: 'setup', last: this.migration.last };
       q.event('MIGRATION', { status: 'setup' });
       // Reply first: the exec that follows closes this connection.
-      setImmediate(() => { void this.migrator(this, this.params.cprExecCommand); });
+      setImmediate(() => { void this.migrators[mode](this, uri as string); });
       return {};
     });
   }
@@ -127,10 +143,12 @@ export class Vmm {
     if (m.status === 'none') return {};
     const out: Record<string, unknown> = { status: m.status };
     if (m.error) out['error-desc'] = m.error;
+    if (m.rolledBack !== undefined) out.rolled_back = m.rolledBack;
     if (m.last && m.status === 'completed') {
       out.downtime = m.last.downtime;
       out['total-time'] = m.last.downtime;
-      out.cpr = { n: m.last.n, path: m.last.path, phases: m.last.phases, devices: m.last.devices ?? [] };
+      out.cpr = { n: m.last.n, mode: m.last.mode ?? 'cpr-exec', path: m.last.path, phases: m.last.phases, devices: m.last.devices ?? [] };
+      out.rolled_back = false;
     }
     return out;
   }

@@ -1,0 +1,153 @@
+// cpr-transfer (QEMU 10's mode, plus rollback): the new process is started first, loads
+// everything, and waits on a UNIX socket. The old one pauses, quiesces its devices and sends the
+// state and every kept fd (SCM_RIGHTS). The new one restores (VHOST_NEW_OWNER moves each device
+// between two live processes; REMAP re-points it) and says `ready`; the old one answers `commit`
+// and exits; only then does the new one run the guest. If `ready` does not come (the new process
+// died, failed or went silent), the old one kills it, takes its devices back (NEW_OWNER again,
+// REMAP to its own addresses) and resumes the guest: rollback. Two processes never run the guest.
+import { existsSync, lstatSync, unlinkSync, chmodSync, readFileSync } from 'node:fs';
+import {
+  socket, bind, listen, connect, acceptAsync, peerPid, setRecvTimeout, sendWithFds, recvWithFds, read, write, close, dup,
+  memfdCreate, fcntl, MFD_CLOEXEC, MFD_ALLOW_SEALING, F_ADD_SEALS, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
+  SOCK_SEQPACKET,
+} from '../src/libc.js';
+import { writeSync } from 'node:fs';
+import { encodeState, loadEncoder, decodeState, type CprState } from './state.js';
+import { keptFds } from './exec.js';
+import { readStateBlob, restoreVm } from './incoming.js';
+import { log } from '../vmm/log.js';
+import type { Vmm } from '../vmm/vmm.js';
+import type { VhostVdpa, VdpaState } from '../devices/vhost-vdpa.js';
+
+const MAGIC = 'minivmm-cpr-transfer', VERSION = 1;
+export const DEFAULT_TRANSFER_TIMEOUT_MS = 5000;
+const now = (): bigint => process.hrtime.bigint();
+
+interface Header { magic: string; version: number; saved: string; sent: string }
+
+/** Old image. `uri` is "unix:PATH" of the waiting new process. */
+export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRANSFER_TIMEOUT_MS): Promise<void> {
+  const path = uri.slice('unix:'.length);
+  const qmp = vmm.qmp;
+  const fail = async (reason: string, rolledBack?: boolean) => {
+    vmm.migration = { status: 'failed', error: reason, rolledBack, last: vmm.migration.last };
+    qmp?.event('MIGRATION', { status: 'failed' });
+    (await log()).error({ err: reason, rolled_back: rolledBack ?? false }, `cpr-transfer failed: ${reason}`);
+  };
+  await loadEncoder();
+  // Only devices that can change owner while both processes live can be transferred.
+  const stuck = vmm.vdpa.find((d) => d.updatePath !== 'new-owner' || vmm.params.vdpaPath === 'fallback');
+  if (stuck) return fail(`vdpa device ${stuck.index} does not offer VHOST_NEW_OWNER: cpr-transfer needs it (use cpr-exec, which falls back)`);
+  let sock: number;
+  try { sock = socket(SOCK_SEQPACKET); connect(sock, path); } catch (e) { return fail(`cannot reach the new process at ${path}: ${(e as Error).message}`); }
+  const peer = peerPid(sock);
+
+  vmm.migration.status = 'active';
+  qmp?.event('MIGRATION', { status: 'active' });
+  const t = { pauseStart: now(), paused: 0n, saved: 0n, execStart: 0n };
+  const wasRunning = vmm.machine.running;
+  await vmm.machine.pause();
+  t.paused = now();
+  qmp?.event('STOP');
+
+  const prepared: [VhostVdpa, VdpaState][] = [];
+  let stateFd = -1, qmpCopy = -1;
+  let reason: string;
+  try {
+    for (const d of vmm.vdpa) prepared.push([d, d.prepareUpdate()]);
+    const kept = keptFds(vmm);
+    const state: CprState = {
+      machine: vmm.machine.save({ vdpa: prepared.map(([, s]) => s), vdpaDaemon: vmm.daemon }),
+      fds: kept,
+      update: { n: vmm.history.length + 1, mode: 'cpr-transfer', t, history: vmm.history },
+    };
+    stateFd = memfdCreate('minivmm-cpr-state', MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    writeSync(stateFd, encodeState(state));
+    fcntl(stateFd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+    t.saved = now();
+    const header: Header = { magic: MAGIC, version: VERSION, saved: String(t.saved), sent: String(now()) };
+    sendWithFds(sock, Buffer.from(JSON.stringify(header)), [stateFd, ...kept.map((k) => k.fd)]);
+    close(stateFd); stateFd = -1;
+    // Stop accepting monitor connections (the new process will), but keep a copy for a rollback.
+    if (qmp) { qmpCopy = dup(qmp.fd); qmp.stopListening(); }
+    setRecvTimeout(sock, timeoutMs);
+    const answer = (await recvWithFds(sock, 256, 0)).data.toString();
+    if (answer === 'ready') {
+      write('cpr-transfer commit', sock, Buffer.from('commit'));
+      // The guest is the new process's now: leave without touching anything shared (no daemon
+      // stop, no socket unlink, no device release: the new process holds the same files).
+      process.exit(0);
+    }
+    reason = answer ? `the new process refused: ${answer}` : 'the new process closed the connection before it was ready';
+  } catch (e) {
+    reason = (e as { code?: string }).code === 'EAGAIN' ? `the new process was not ready within ${timeoutMs} ms` : (e as Error).message;
+  }
+
+  // Rollback: make sure the new process can never run the guest, then take everything back.
+  try { write('cpr-transfer abort', sock, Buffer.from('abort')); } catch { /* gone */ }
+  killAndWait(peer);
+  close(sock);
+  if (stateFd >= 0) close(stateFd);
+  const errors: string[] = [];
+  for (const [d, saved] of prepared) {
+    try { d.takeBack(saved, vmm.machine.mem); } catch (e) { errors.push(`vdpa device ${d.index}: ${(e as Error).message}`); }
+  }
+  if (qmp && qmpCopy >= 0) await qmp.listenAgain(qmpCopy);
+  if (wasRunning) { vmm.machine.resume(); qmp?.event('RESUME'); }
+  return fail(`${reason}; rolled back to the old process${errors.length ? ` (${errors.join('; ')})` : ''}`, true);
+}
+
+/** SIGKILL `pid` and wait until it is gone (or a zombie): its fds are then closed. */
+function killAndWait(pid: number): void {
+  try { process.kill(pid, 'SIGKILL'); } catch { return; }
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    let state = 'Z';
+    try { const stat = readFileSync(`/proc/${pid}/stat`, 'utf8'); state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3); } catch { /* gone */ }
+    if (state === 'Z' || state === 'X' || Date.now() > deadline) return;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+  }
+}
+
+/** New image: listen on `path`, receive the state and fds, restore, wait for `commit`, run. */
+export async function incomingTransfer(path: string): Promise<Vmm> {
+  if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
+  const listener = socket(SOCK_SEQPACKET);
+  bind(listener, path);
+  chmodSync(path, 0o600);
+  listen(listener, 1);
+  process.stderr.write(`minivmm: waiting for cpr-transfer on ${path}\n`);
+  const conn = await acceptAsync(listener);
+  close(listener);
+  try { unlinkSync(path); } catch { /* gone */ }
+  const { data, fds } = await recvWithFds(conn, 4096, 250);
+  const arrived = now();
+  let state: CprState;
+  let header: Header;
+  try {
+    header = JSON.parse(data.toString()) as Header;
+    if (header.magic !== MAGIC || header.version !== VERSION) throw new Error(`not a minivmm cpr-transfer v${VERSION} message`);
+    if (fds.length < 1) throw new Error('no state fd in the message');
+    state = decodeState(readStateBlob(fds[0]));
+    close(fds[0]);
+    if (state.fds.length !== fds.length - 1) throw new Error(`the state names ${state.fds.length} fds, the message carried ${fds.length - 1}`);
+    state.fds = state.fds.map((f, i) => ({ ...f, fd: fds[i + 1] }));
+  } catch (e) {
+    try { write('cpr-transfer refusal', conn, Buffer.from(`bad transfer: ${(e as Error).message}`)); } catch { /* gone */ }
+    throw e;
+  }
+  return restoreVm(state, { mode: 'cpr-transfer', saved: BigInt(header.saved), sent: BigInt(header.sent), arrived, loaded: arrived }, {
+    beforeResume: () => {
+      write('cpr-transfer ready', conn, Buffer.from('ready'));
+      // Block until the old process commits (or exits, which also closes the socket). An abort
+      // means it rolled back: this process must not run the guest.
+      const answer = Buffer.alloc(16);
+      let n = 0;
+      try { n = read('cpr-transfer commit', conn, answer); } catch { n = 0; }
+      const word = answer.subarray(0, n).toString();
+      if (word === 'abort') { process.stderr.write('minivmm: cpr-transfer aborted by the old process; exiting\n'); process.exit(1); }
+      close(conn);
+    },
+  });
+}
+
