@@ -5,14 +5,18 @@ const entryTime = process.hrtime.bigint();
 // Each running vCPU holds a libuv pool thread in KVM_RUN: room for 4 vCPUs beside Node's own 4.
 process.env.UV_THREADPOOL_SIZE ??= '8';
 if (process.env.MINIVMM_CPR_STATE !== undefined) {
-  const { incoming } = await import('../dist/cpr/incoming.js');
   try {
+    const { incoming } = await import('../dist/cpr/incoming.js');
     await incoming(entryTime);
   } catch (e) {
     process.stderr.write(`minivmm: cannot restore the VM after exec: ${e instanceof Error ? e.message : String(e)}\n`);
     process.exit(1);
   }
 } else {
-  const { main } = await import('../dist/vmm/cli.js');
+  let main;
+  try { ({ main } = await import('../dist/vmm/cli.js')); } catch (e) {
+    process.stderr.write(`minivmm: cannot load the build in dist/ (run npm run build): ${e instanceof Error ? e.message.split('\n')[0] : String(e)}\n`);
+    process.exit(1);
+  }
   await main(process.argv.slice(2));
 }

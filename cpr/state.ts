@@ -100,10 +100,17 @@ function validate(s: CprState): void {
   need(s.machine && s.machine.config && typeof s.machine.config.guest === 'string', 'machine.config');
   need(Array.isArray(s.machine.memory) && s.machine.memory.length > 0, 'machine.memory');
   need(Array.isArray(s.machine.vcpus) && s.machine.vcpus.length === s.machine.config.smp, 'machine.vcpus');
-  for (const v of s.machine.vcpus) need(Buffer.isBuffer(v.regs) && Buffer.isBuffer(v.sregs) && Buffer.isBuffer(v.lapic) && Buffer.isBuffer(v.msrs), 'vcpu registers');
+  need(s.update && typeof s.update === 'object' && s.update.t && typeof s.update.t.pauseStart === 'bigint' && Array.isArray(s.update.history), 'update record');
+  for (const v of s.machine.vcpus) need(v && Buffer.isBuffer(v.regs) && Buffer.isBuffer(v.sregs) && Buffer.isBuffer(v.lapic) && Buffer.isBuffer(v.msrs) && Buffer.isBuffer(v.events), 'vcpu registers');
   need(Buffer.isBuffer(s.machine.cpuid) && Buffer.isBuffer(s.machine.pit), 'cpuid/pit');
-  need(Array.isArray(s.fds) && s.fds.every((f) => typeof f.name === 'string' && Number.isInteger(f.fd)), 'fds');
-  for (const m of s.machine.memory) need(s.fds.some((f) => f.name === 'ram' && f.id === s.machine.memory.indexOf(m)), `no fd for RAM region ${m.name}`);
+  need(Array.isArray(s.fds) && s.fds.every((f) => f && typeof f.name === 'string' && Number.isInteger(f.id) && Number.isInteger(f.fd) && f.fd >= 0), 'fds');
+  s.machine.memory.forEach((m, i) => {
+    need(m && typeof m.name === 'string' && Number.isSafeInteger(m.gpa) && Number.isSafeInteger(m.size) && m.size > 0, `RAM region ${i}`);
+    need(s.fds.some((f) => f.name === 'ram' && f.id === i), `no fd for RAM region ${m.name}`);
+  });
+  need(s.machine.irqchip && Buffer.isBuffer(s.machine.irqchip.picMaster) && Buffer.isBuffer(s.machine.irqchip.picSlave) && Buffer.isBuffer(s.machine.irqchip.ioapic), 'irqchip');
+  need(s.machine.devices && Array.isArray(s.machine.devices.serial), 'devices');
+  need(Number.isInteger(s.machine.config.smp) && s.machine.config.smp >= 1 && s.machine.config.smp <= 4, 'machine.config.smp');
   need(s.update && typeof s.update.n === 'number', 'update record');
 }
 

@@ -2,7 +2,7 @@
 // the boot-info structure, and give the vCPU long-mode registers. Layout of low memory:
 //   0x0500 GDT · 0x6000 boot info · 0x10000 PML4, 0x11000 PDPT, 0x12000.. PDs · 0x80000 initial stack
 //   0x100000 and up: the guest image.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { GuestMemory, GiB } from '../src/memory.js';
 import { VcpuFd, encodeRegs, SREGS, writeSegment, writeDtable, type Segment } from '../src/kvm.js';
 
@@ -14,13 +14,23 @@ export const BOOT_INFO = { magic: 0x424d564d, version: 1, size: 608, maxRegions:
 export interface BootDevice { type: number; irq: number; base: number; size: number }
 
 export class GuestImageError extends Error {}
+const MAX_IMAGE = 256 * 2 ** 20;
 
 export interface LoadedImage { entry: number; segments: { paddr: number; memsz: number }[] }
 
 /** Validates and loads an ELF64 x86-64 executable into guest RAM. Errors are one line. */
 export function loadElf(mem: GuestMemory, path: string): LoadedImage {
   let img: Buffer;
-  try { img = readFileSync(path); } catch (e) { throw new GuestImageError(`cannot read guest image ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`); }
+  try {
+    // Only a regular file of sane size: a FIFO would block forever, /dev/zero never ends.
+    const st = statSync(path);
+    if (!st.isFile()) throw new GuestImageError(`guest image ${path}: not a regular file`);
+    if (st.size > MAX_IMAGE) throw new GuestImageError(`guest image ${path}: larger than ${MAX_IMAGE / 2 ** 20} MiB`);
+    img = readFileSync(path);
+  } catch (e) {
+    if (e instanceof GuestImageError) throw e;
+    throw new GuestImageError(`cannot read guest image ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
   const bad = (why: string) => new GuestImageError(`guest image ${path}: ${why}`);
   if (img.length < 64 || img.readUInt32BE(0) !== 0x7f454c46) throw bad('not an ELF file');
   if (img[4] !== 2 || img[5] !== 1) throw bad('not a little-endian ELF64 file');

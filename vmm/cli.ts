@@ -19,15 +19,17 @@ const USAGE = `usage: minivmm <command> [options]
            [--incoming cpr-transfer:PATH]
   qmp      --socket PATH COMMAND [JSON-ARGS]
   update   --socket PATH [--mode cpr-exec|cpr-transfer] [--incoming PATH] [--exec ARGV...] [--json]
-  demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--json]   (npm start)
+  demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--mode cpr-exec|cpr-transfer] [--inject new-process-crash] [--json]   (npm start)
   conformance --device PATH [--json FILE]      (the vhost-vdpa conformance suite)`;
 
 /** "512M", "1G", "16GiB", "1048576" → bytes. */
 export function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim());
-  if (!m) throw new UsageError(`invalid size '${text}' (examples: 512M, 1G, 16G)`);
+  const shown = JSON.stringify(text).slice(1, -1); // never echo control characters
+  const m = /^(\d{1,16}(?:\.\d{1,6})?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`invalid size '${shown}' (examples: 512M, 1G, 16G)`);
   const mult = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
   const bytes = Math.round(Number(m[1]) * mult);
+  if (!Number.isSafeInteger(bytes)) throw new UsageError(`invalid size '${shown}' (too large)`);
   return bytes;
 }
 
@@ -161,7 +163,12 @@ async function cmdDemo(args: string[]): Promise<void> {
   const { values } = parse(args, {
     updates: { type: 'string', default: '3' }, memory: { type: 'string', default: '1G' }, vdpa: { type: 'string', multiple: true },
     json: { type: 'boolean', default: false }, 'interval-ms': { type: 'string', default: '2000' },
+    mode: { type: 'string', default: 'cpr-exec' }, inject: { type: 'string' },
   });
+  const mode = values.mode as string;
+  if (mode !== 'cpr-exec' && mode !== 'cpr-transfer') throw new UsageError(`demo: --mode ${mode}: cpr-exec or cpr-transfer`);
+  if (values.inject !== undefined && values.inject !== 'new-process-crash') throw new UsageError(`demo: --inject ${values.inject}: the only fault is new-process-crash`);
+  if (values.inject && mode !== 'cpr-transfer') throw new UsageError('demo: --inject new-process-crash needs --mode cpr-transfer');
   const updates = Number(values.updates);
   if (!Number.isInteger(updates) || updates < 0 || updates > 10000) throw new UsageError(`--updates ${values.updates}: not a count`);
   parseSize(values.memory as string);
@@ -169,7 +176,7 @@ async function cmdDemo(args: string[]): Promise<void> {
   for (const v of vdpa) { try { parseVdpaSpec(v); } catch (e) { throw new UsageError((e as Error).message); } }
   checkKvm();
   const { runDemo } = await import('./demo.js');
-  const r = await runDemo({ updates, memory: values.memory as string, vdpa, json: values.json as boolean, intervalMs: Number(values['interval-ms']) });
+  const r = await runDemo({ updates, memory: values.memory as string, vdpa, json: values.json as boolean, intervalMs: Number(values['interval-ms']), mode, inject: values.inject as string | undefined });
   if (values.json) process.stdout.write(`${JSON.stringify(r)}\n`);
 }
 
@@ -193,7 +200,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') { process.stdout.write(`${USAGE}\n`); return; }
     const fn = COMMANDS[cmd];
-    if (!fn) throw new UsageError(`unknown command '${cmd}'\n${USAGE}`);
+    if (!fn) throw new UsageError(`unknown command '${JSON.stringify(cmd).slice(1, -1)}' (see minivmm --help)`);
     await fn(rest);
   } catch (e) {
     fail(e);
@@ -201,7 +208,8 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 export function fail(e: unknown): never {
-  const msg = e instanceof Error ? e.message : String(e);
+  // One line, always: messages that quote input must not smuggle in line breaks.
+  const msg = (e instanceof Error ? e.message : String(e)).replace(/\r?\n/g, ' ');
   process.stderr.write(`minivmm: ${msg}\n`);
   if (process.env.MINIVMM_DEBUG && e instanceof Error) process.stderr.write(`${e.stack}\n`);
   process.exit(e instanceof UsageError ? 2 : 1);

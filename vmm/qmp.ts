@@ -13,6 +13,22 @@ export type QmpHandler = (args: Record<string, unknown>, client: QmpClient) => u
 
 /** Longest accepted command line; longer input gets an error and the connection is closed. */
 const MAX_LINE = 1 << 20;
+/** Deepest accepted JSON nesting (QEMU's json-parser limit). */
+const MAX_NESTING = 1024;
+
+/** Nesting depth of a parsed JSON value, without recursion (the input may be 100k levels deep). */
+function nestingDepth(root: unknown): number {
+  let max = 0;
+  const stack: [unknown, number][] = [[root, 1]];
+  while (stack.length) {
+    const [v, d] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (d > max) max = d;
+    if (max > MAX_NESTING) return max;
+    for (const x of Object.values(v as object)) stack.push([x, d + 1]);
+  }
+  return max;
+}
 
 export interface QmpClient { socket: net.Socket; negotiated: boolean; send(msg: unknown, cb?: () => void): void }
 
@@ -99,7 +115,10 @@ export class QmpServer {
       while ((nl = pending.indexOf('\n')) >= 0) {
         const line = pending.slice(0, nl).trim();
         pending = pending.slice(nl + 1);
-        if (line) chain = chain.then(() => this.dispatch(client, line));
+        // A failure in one command never takes the VMM (and the guest) down.
+        if (line) chain = chain.then(() => this.dispatch(client, line)).catch((e) => {
+          client.send({ error: { class: 'GenericError', desc: `internal error: ${(e as Error).message}` } });
+        });
       }
     });
   }
@@ -112,6 +131,11 @@ export class QmpServer {
     }
     if (!msg || typeof msg !== 'object' || Array.isArray(msg)) {
       client.send({ error: { class: 'GenericError', desc: 'QMP input must be a JSON object' } });
+      return;
+    }
+    if (nestingDepth(msg) > MAX_NESTING) {
+      // QEMU's parser refuses this too; echoing such an id back would blow the stack.
+      client.send({ error: { class: 'GenericError', desc: `JSON nesting deeper than ${MAX_NESTING} levels` } });
       return;
     }
     const { execute, arguments: args = {}, id } = msg as { execute?: unknown; arguments?: unknown; id?: unknown };
