@@ -11,6 +11,11 @@ const errnoNames = new Map<number, string>();
 for (const [name, num] of Object.entries(constants.errno)) {
   if (!errnoNames.has(num)) errnoNames.set(num, name);
 }
+// Where two names share a number, the kernel's own spelling (vhost returns EOPNOTSUPP).
+for (const name of ['EOPNOTSUPP', 'EAGAIN', 'EDEADLK'] as const) {
+  const num = (constants.errno as Record<string, number>)[name];
+  if (num !== undefined) errnoNames.set(num, name);
+}
 export const errnoName = (errno: number): string => errnoNames.get(errno) ?? `errno ${errno}`;
 
 export class SyscallError extends Error {

@@ -38,6 +38,9 @@ describeWith(['fuse', 'root'], 'vhost-vdpa conformance (§7) against the embedde
         const r: Report = await runConformance({ device, log: (l: string) => lines.push(l) });
         reports.set(p.name, r);
         const failures = lines.filter((l) => l.startsWith('FAIL'));
+        if (failures.length) {
+          try { console.log(`daemon status after ${p.name}: ${JSON.stringify(daemon.status())}`); } catch { /* no status */ }
+        }
         expect(failures, lines.join('\n')).toEqual([]);
         expect(r.failed).toBe(0);
       } finally {

@@ -154,10 +154,13 @@ export class Vcpus {
     for (const r of w) r();
   }
 
+  /**
+   * Takes every vCPU out of KVM_RUN for good. Needed before process.exit: libuv joins its pool
+   * threads at exit, and one blocked in KVM_RUN (a guest spinning without exits) never returns.
+   */
   async stop(): Promise<void> {
+    await this.pause();
     this.stopped = true;
-    this.pauseRequested = true;
-    this.kick();
     this.resume();
   }
 }

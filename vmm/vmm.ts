@@ -57,6 +57,7 @@ export class Vmm {
       this.exiting = true;
       if (this.qmp) this.qmp.event('SHUTDOWN', { guest: true, reason: 'guest-shutdown' });
       if (this.machine?.config.qmp) { try { unlinkSync(this.machine.config.qmp); } catch { /* already gone */ } }
+      if (this.machine) await Promise.race([this.machine.vcpus.stop(), new Promise((r) => setTimeout(r, 2000))]);
       for (const hook of this.exitHooks) { try { await hook(); } catch { /* best effort */ } }
     }
     process.exit(code);

@@ -22,6 +22,11 @@ export interface SimProfile {
 const one = Buffer.alloc(8);
 one.writeBigUInt64LE(1n);
 const oneAddr = addressOf(one);
+/**
+ * Keeps `one` reachable: only its address is used below, and a Buffer nothing refers to is freed
+ * (the call eventfds then got whatever the memory held: lost or garbage interrupts).
+ */
+export const CALL_VALUE = one;
 
 export interface SimCounters { framesLooped: number; framesDropped: number; blocksRead: number; blocksWritten: number; ringErrors: number; calls: number; kicks: number }
 
