@@ -1,6 +1,6 @@
 // Test harness: run the real `minivmm` binary as a child process and watch its output.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { QmpConnection } from '../vmm/qmp.js';
@@ -90,4 +90,63 @@ export function writeTinyElf(path: string, code: Buffer, patch?: (elf: Buffer) =
   patch?.(elf);
   writeFileSync(path, elf);
   return path;
+}
+
+/**
+ * A VM that may move between processes (cpr-transfer): the output of every process it ran in is
+ * collected in order, and the process currently holding it is tracked.
+ */
+export class MovingVm {
+  out = '';
+  err = '';
+  readonly processes: ChildProcess[] = [];
+  current: ChildProcess;
+  private n = 0;
+
+  constructor(readonly args: string[], readonly dir = tempDir()) {
+    this.current = this.launch([]);
+  }
+  get qmpPath(): string { return join(this.dir, 'qmp.sock'); }
+
+  private launch(extra: string[], env: NodeJS.ProcessEnv = process.env): ChildProcess {
+    const c = spawn(process.execPath, [BIN, 'run', ...this.args, '--qmp', this.qmpPath, ...extra], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    c.stdout!.on('data', (d) => { this.out += d; });
+    c.stderr!.on('data', (d) => { this.err += d; });
+    this.processes.push(c);
+    return c;
+  }
+
+  async waitFor(re: RegExp, timeoutMs = 30_000, from = 0): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!re.test(this.out.slice(from))) {
+      if (this.processes.every((c) => c.exitCode !== null || c.signalCode !== null)) throw new Error(`every VM process exited: ${this.err.slice(-500)}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${re}: ${this.err.slice(-500)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** Starts a process waiting for cpr-transfer; returns its socket path once it listens. */
+  async prepareIncoming(env?: NodeJS.ProcessEnv): Promise<{ sock: string; child: ChildProcess }> {
+    const sock = join(this.dir, `incoming-${++this.n}.sock`);
+    const child = this.launch(['--incoming', `cpr-transfer:${sock}`], env);
+    const deadline = Date.now() + 30_000;
+    while (!existsSync(sock)) {
+      if (child.exitCode !== null) throw new Error(`incoming process exited ${child.exitCode}: ${this.err.slice(-300)}`);
+      if (Date.now() > deadline) throw new Error('incoming process did not listen');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return { sock, child };
+  }
+
+  fdCount(): number { return readdirSync(`/proc/${this.current.pid}/fd`).length; }
+  /** What each fd of the current process is (for a useful message when counts differ). */
+  fdTargets(): string[] {
+    const dir = `/proc/${this.current.pid}/fd`;
+    return readdirSync(dir).map((f) => { try { return readlinkSync(`${dir}/${f}`).replace(/\d+/g, 'N'); } catch { return 'gone'; } }).sort();
+  }
+
+  async killAll(): Promise<void> {
+    for (const c of this.processes) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    await Promise.all(this.processes.map((c) => (c.exitCode !== null || c.signalCode !== null ? null : new Promise((r) => c.once('close', r)))));
+  }
 }

@@ -14,29 +14,14 @@ import { runUpdate } from '../vmm/update.js';
 import { QmpConnection } from '../vmm/qmp.js';
 import { parseSize } from '../vmm/cli.js';
 import { parseStats } from '../vmm/demo.js';
+import { quantile, median, slope } from './stats.js';
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 const BIN = join(ROOT, 'bin/minivmm.js');
 
-export function quantile(xs: number[], q: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const pos = (s.length - 1) * q, lo = Math.floor(pos), hi = Math.ceil(pos);
-  return s[lo] + (s[hi] - s[lo]) * (pos - lo);
-}
-export const median = (xs: number[]): number => quantile(xs, 0.5);
 const r1 = (x: number) => Math.round(x * 10) / 10;
 const r2 = (x: number) => Math.round(x * 100) / 100;
 const progress = (s: string) => process.stderr.write(`\r\x1b[K${s}`);
-
-/** Least-squares slope of y against x. */
-export function slope(points: [number, number][]): number {
-  const n = points.length;
-  if (n < 2) return NaN;
-  const mx = points.reduce((a, p) => a + p[0], 0) / n, my = points.reduce((a, p) => a + p[1], 0) / n;
-  const num = points.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0), den = points.reduce((a, [x]) => a + (x - mx) ** 2, 0);
-  return den === 0 ? NaN : num / den;
-}
 
 export function machineInfo(): Record<string, unknown> {
   return { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, memory_gib: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, date: new Date().toISOString() };

@@ -1,0 +1,113 @@
+// cpr-transfer: the state and fds go to a pre-started process; rollback when it fails.
+import { afterEach, expect, it } from 'vitest';
+import { describeWith } from './facility.js';
+import { MovingVm } from './harness.js';
+import { runUpdate } from '../vmm/update.js';
+import { parseStats } from '../vmm/demo.js';
+
+type Result = { status: string; downtime: number; rolled_back?: boolean; 'error-desc'?: string; cpr: { mode: string; path: string; devices: { path: string }[] } };
+
+let vm: MovingVm | undefined;
+afterEach(async () => { await vm?.killAll(); vm = undefined; });
+
+const transfer = async (v: MovingVm, env?: NodeJS.ProcessEnv, extra: Record<string, unknown> = {}) => {
+  const { sock, child } = await v.prepareIncoming(env);
+  const r = await runUpdate(v.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}`, ...extra }) as Result;
+  if (r.status === 'completed') v.current = child;
+  return { r, child };
+};
+
+/** Traffic moved on after `mark`, and nothing was lost, duplicated or corrupted. */
+async function flowsClean(v: MovingVm, mark: number): Promise<void> {
+  const before = parseStats(v.out.slice(0, mark));
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const now = parseStats(v.out);
+    if ((!before.net || now.net!.received > before.net.received) && (!before.blk || now.blk!.verified > before.blk.verified) && v.out.length > mark) break;
+    if (Date.now() > deadline) throw new Error(`traffic stopped: ${v.err.slice(-400)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const s = parseStats(v.out);
+  if (s.net) expect({ lost: s.net.lost, duplicated: s.net.duplicated, corrupt: s.net.corrupt }).toEqual({ lost: 0, duplicated: 0, corrupt: 0 });
+  if (s.blk) expect(s.blk.mismatches).toBe(0);
+  expect(v.out).not.toMatch(/MISMATCH|IOERR/);
+}
+
+describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
+  it('moves a running guest and its vdpa devices to a pre-started process', async () => {
+    vm = new MovingVm(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk']);
+    await vm.waitFor(/^net sent=/m, 60_000);
+    for (let i = 0; i < 3; i++) {
+      const old = vm.current;
+      const mark = vm.out.length;
+      const { r } = await transfer(vm);
+      expect(r.status, r['error-desc']).toBe('completed');
+      expect(r.cpr.mode).toBe('cpr-transfer');
+      expect(r.rolled_back).toBe(false);
+      for (const d of r.cpr.devices) expect(d.path).toBe('new-owner');
+      expect(r.downtime).toBeLessThan(1000);
+      await new Promise((res) => old.exitCode !== null ? res(null) : old.once('close', res));
+      expect(old.exitCode).toBe(0); // the old process left after the commit
+      await flowsClean(vm, mark);
+    }
+  }, 180_000);
+
+  it('rolls back when the new process crashes before acknowledging: no frame lost, the guest stays', async () => {
+    vm = new MovingVm(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk,pa']);
+    await vm.waitFor(/^net sent=/m, 60_000);
+    const old = vm.current;
+    const mark = vm.out.length;
+    const { r, child } = await transfer(vm, { ...process.env, MINIVMM_INJECT: 'new-process-crash' });
+    expect(r.status).toBe('failed');
+    expect(r.rolled_back).toBe(true);
+    expect(r['error-desc']).toMatch(/rolled back/);
+    expect(child.signalCode ?? 'KILLED').toBeTruthy();
+    expect(old.exitCode).toBeNull();
+    await flowsClean(vm, mark);
+    // The old process still owns its devices and can move later.
+    const again = await transfer(vm);
+    expect(again.r.status, again.r['error-desc']).toBe('completed');
+    await flowsClean(vm, vm.out.length);
+  }, 180_000);
+
+  it('rolls back when the new process goes silent (stopped): it is killed, the guest stays', async () => {
+    vm = new MovingVm(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', 'sim:net']);
+    await vm.waitFor(/^net sent=/m, 60_000);
+    const { sock, child } = await vm.prepareIncoming();
+    child.kill('SIGSTOP');
+    const mark = vm.out.length;
+    const r = await runUpdate(vm.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}`, 'x-transfer-timeout-ms': 1000 }) as Result;
+    expect(r.status).toBe('failed');
+    expect(r.rolled_back).toBe(true);
+    expect(r['error-desc']).toMatch(/not ready within 1000 ms/);
+    await new Promise((res) => (child.signalCode ? res(null) : child.once('close', res)));
+    expect(child.signalCode).toBe('SIGKILL');
+    await flowsClean(vm, mark);
+  }, 120_000);
+
+  it('a transfer to a socket nobody listens on fails before pausing the guest', async () => {
+    vm = new MovingVm(['--guest', 'counter', '--memory', '256M', '--log-level', 'warn']);
+    await vm.waitFor(/^counter /m, 30_000);
+    const r = await runUpdate(vm.qmpPath, null, 10_000, { mode: 'cpr-transfer', uri: `unix:${vm.dir}/nobody.sock` }) as Result;
+    expect(r.status).toBe('failed');
+    expect(r['error-desc']).toMatch(/cannot reach the new process/);
+    expect(r.rolled_back).toBeUndefined();
+    const mark = vm.out.length;
+    await vm.waitFor(/^counter /m, 10_000, mark);
+  }, 60_000);
+
+  it('soak: 50 updates alternating cpr-exec and cpr-transfer under traffic, va and pa devices', async () => {
+    vm = new MovingVm(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net,pa', '--vdpa', 'sim:blk']);
+    await vm.waitFor(/^net sent=/m, 60_000);
+    let fds0: string[] = [];
+    for (let i = 1; i <= 50; i++) {
+      const mark = vm.out.length;
+      const r = i % 2 ? (await runUpdate(vm.qmpPath, null, 30_000)) as Result : (await transfer(vm)).r;
+      expect(r.status, `update ${i}: ${r['error-desc']} ${vm.err.slice(-300)}`).toBe('completed');
+      await flowsClean(vm, mark);
+      if (i === 2) { await new Promise((res) => setTimeout(res, 300)); fds0 = vm.fdTargets(); }
+    }
+    await new Promise((res) => setTimeout(res, 300));
+    expect(vm.fdTargets()).toEqual(fds0); // same kinds of fds, same number: nothing leaks
+  }, 400_000);
+});
