@@ -27,7 +27,9 @@ export async function runUpdate(socket: string, execArgv: string[] | null, timeo
       n.close();
       return r;
     } catch (e) {
-      if (Date.now() > deadline) return { status: 'failed', 'error-desc': `the VMM did not come back after exec: ${(e as Error).message}` };
+      if (Date.now() > deadline) {
+        return { status: 'failed', 'error-desc': `the VMM did not come back after exec (${(e as Error).message}): the new image failed before restoring, so the guest is lost; its vdpa devices were released when its fds closed` };
+      }
       await new Promise((r) => setTimeout(r, 10));
     }
   }
