@@ -20,7 +20,9 @@ const USAGE = `usage: minivmm <command> [options]
   qmp      --socket PATH COMMAND [JSON-ARGS]
   update   --socket PATH [--mode cpr-exec|cpr-transfer] [--incoming PATH] [--exec ARGV...] [--json]
   demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--mode cpr-exec|cpr-transfer] [--inject new-process-crash] [--json]   (npm start)
-  conformance --device PATH [--json FILE]      (the vhost-vdpa conformance suite)`;
+  conformance --device PATH [--json FILE]      (the vhost-vdpa conformance suite)
+  kernel-test [--kernel BZIMAGE | --source DIR] [--fragment FILE] [--json OUT] [--timeout SEC]
+              (the suite against a real kernel's vhost-vdpa + vdpa_sim, in QEMU)`;
 
 /** "512M", "1G", "16GiB", "1048576" → bytes. */
 export function parseSize(text: string): number {
@@ -191,7 +193,14 @@ async function cmdConformance(args: string[]): Promise<void> {
   process.exitCode = r.failed > 0 ? 1 : 0;
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { run: cmdRun, qmp: cmdQmp, update: cmdUpdate, demo: cmdDemo, conformance: cmdConformance };
+async function cmdKernelTest(args: string[]): Promise<void> {
+  const { kernelTest } = await import('../tools/kernel/main.js');
+  process.exitCode = await kernelTest(args);
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  run: cmdRun, qmp: cmdQmp, update: cmdUpdate, demo: cmdDemo, conformance: cmdConformance, 'kernel-test': cmdKernelTest,
+};
 
 export function registerCommand(name: string, fn: (args: string[]) => Promise<void>): void { COMMANDS[name] = fn; }
 

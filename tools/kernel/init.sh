@@ -1,0 +1,81 @@
+#!/bin/sh
+# minivmm kernel-test guest init (PID 1), run by the kernel as init= from the host's root, which is
+# mounted read-only over 9p. It mounts the pseudo file systems, mounts the run's writable results
+# share, reads guest.env from it (written by tools/kernel/main.ts), creates the vdpa_sim devices,
+# runs the conformance suite on each /dev/vhost-vdpa-N, and powers the machine off.
+#
+# Lines starting with "@@minivmm " are markers read by the host side; everything else the suite
+# prints is passed through. Never exit: PID 1 exiting is a kernel panic.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/tmp TERM=dumb LANG=C.UTF-8
+
+say() { echo "@@minivmm $*"; }
+
+off() {
+	sync
+	say "poweroff"
+	echo o > /proc/sysrq-trigger 2>/dev/null
+	sleep 1
+	# ACPI power-off did not take: reboot, which -no-reboot turns into QEMU's exit.
+	echo b > /proc/sysrq-trigger 2>/dev/null
+	busybox reboot -f 2>/dev/null
+	while :; do sleep 60; done
+}
+
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=755 tmpfs /run
+mkdir -p /dev/pts /dev/shm /run/results
+mount -t devpts devpts /dev/pts 2>/dev/null
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+echo 1 > /proc/sys/kernel/sysrq 2>/dev/null
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none results /run/results; then
+	say "error cannot mount the results share"
+	off
+fi
+if [ ! -r /run/results/guest.env ]; then
+	say "error no guest.env in the results share"
+	off
+fi
+. /run/results/guest.env
+hostname vdpaguest 2>/dev/null
+say "booted $(uname -r) uptime $(cut -d' ' -f1 /proc/uptime)"
+
+# Devices: "mgmtdev:name" pairs, e.g. "vdpasim_net:vdpa0 vdpasim_blk:vdpa1".
+say "mgmtdevs $(vdpa mgmtdev show 2>&1 | tr '\n' ' ')"
+for pair in $MINIVMM_DEVICES; do
+	mgmt=${pair%%:*}
+	name=${pair#*:}
+	if out=$(vdpa dev add mgmtdev "$mgmt" name "$name" 2>&1); then
+		node=$(ls -d /sys/bus/vdpa/devices/"$name"/vhost-vdpa-* 2>/dev/null | head -n1)
+		node=${node##*/}
+		if [ -n "$node" ] && [ -c "/dev/$node" ]; then
+			say "device $name $mgmt /dev/$node"
+		else
+			say "nodevice $name $mgmt no /dev/vhost-vdpa-N for it ($(ls /dev | grep vhost | tr '\n' ' '))"
+		fi
+	else
+		say "nodevice $name $mgmt vdpa dev add failed: $(echo "$out" | tr '\n' ' ')"
+	fi
+done
+say "nodes $(ls /dev/vhost-vdpa-* 2>/dev/null | tr '\n' ' ')"
+
+for pair in $MINIVMM_DEVICES; do
+	mgmt=${pair%%:*}
+	name=${pair#*:}
+	node=$(ls -d /sys/bus/vdpa/devices/"$name"/vhost-vdpa-* 2>/dev/null | head -n1)
+	node=${node##*/}
+	[ -n "$node" ] && [ -c "/dev/$node" ] || continue
+	say "run $name /dev/$node $(cut -d' ' -f1 /proc/uptime)"
+	cd /tmp
+	# shellcheck disable=SC2086
+	"$MINIVMM_NODE" "$MINIVMM_REPO/dist/tools/conformance/main.js" --device "/dev/$node" \
+		--json "/run/results/$name.json" $MINIVMM_SUITE_ARGS 2>&1
+	say "exit $name $? $(cut -d' ' -f1 /proc/uptime)"
+done
+
+sync
+say "end $(cut -d' ' -f1 /proc/uptime)"
+off
