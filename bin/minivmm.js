@@ -6,7 +6,7 @@ const entryTime = process.hrtime.bigint();
 process.env.UV_THREADPOOL_SIZE ??= '8';
 if (process.env.MINIVMM_CPR_STATE !== undefined) {
   try {
-    const { incoming } = await import('../dist/cpr/incoming.js');
+    const { incoming } = await import('../dist/cpr/incoming.bundle.js'); // tools/bundle.mjs
     await incoming(entryTime);
   } catch (e) {
     process.stderr.write(`minivmm: cannot restore the VM after exec: ${e instanceof Error ? e.message : String(e)}\n`);

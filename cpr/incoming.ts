@@ -10,7 +10,7 @@ import { STATE_ENV, TIMES_ENV } from './exec.js';
 import { Vmm, VERSION, type UpdateResult } from '../vmm/vmm.js';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
 import { stopDaemon } from '../vmm/vdpa.js';
-import { MIGRATORS } from './exec.js';
+import { MIGRATORS, restoreEnv } from './exec.js';
 import { setLogLevel } from '../vmm/log.js';
 
 const ms = (a: bigint, b: bigint): number => Number(b - a) / 1e6;
@@ -89,6 +89,7 @@ export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResu
   hooks.afterResume?.();
   for (const d of vmm.vdpa) d.notifyAll(); // notifications lost in the pause
 
+  restoreEnv();
   // The guest runs again. Kept fds get CLOEXEC back so nothing we spawn inherits them.
   for (const f of fds) { try { setCloexec(f.fd, true); } catch { /* closed by a failed fast path */ } }
   const u = state.update;
