@@ -93,7 +93,7 @@ describeWith(['fuse', 'root'], 'vdpa daemon under malformed input', () => {
           () => [`KICK memfd`, () => vhost.setVringCall(fd, r.int(3), notEventfd), 'EINVAL'],
           () => { let v = r.int(256); if (v === 0 || (3 & ~v) === 0) v = 0x10; return [`SET_STATUS ${v}`, () => vhost.setStatus(fd, v), 'EINVAL']; },
           () => { const k = r.int(3); const off = k === 0 ? r.int(24) : k === 1 ? 25 + r.int(1000) : r.int(24); const len = k === 0 ? 0 : k === 1 ? 1 : 25 - off + r.int(100);
-            return [`GET_CONFIG ${off}/${len}`, () => vhost.getConfig(fd, off, len), k === 2 ? 'E2BIG' : 'EINVAL']; },
+            return [`GET_CONFIG ${off}/${len}`, () => vhost.getConfig(fd, off, len), 'EINVAL']; }, // len past the end too: vhost-vdpa turns E2BIG into EINVAL
           () => { const f = r.int(2) ? 1n | BigInt(r.u32() & 0x7fe) : (1n << BigInt(11 + r.int(53))) | BigInt(r.u32() & 0x7fe); return [`SET_BACKEND_FEATURES 0x${f.toString(16)}`, () => vhost.setBackendFeatures(fd, f), 'EOPNOTSUPP']; },
           () => { const b = Buffer.alloc(8); b.writeUInt32LE(r.int(3), 0); b.writeUInt32LE(2 + r.int(100), 4); return [`SET_GROUP_ASID`, () => ioctlBuf('x', fd, VHOST.VDPA_SET_GROUP_ASID, b), 'EINVAL']; },
           () => { const b = Buffer.alloc(8); b.writeUInt32LE(r.int(3), 0); return [`GET_VRING_DESC_GROUP`, () => ioctlBuf('x', fd, VHOST.VDPA_GET_VRING_DESC_GROUP, b), 'EOPNOTSUPP']; },

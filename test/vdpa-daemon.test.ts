@@ -236,17 +236,46 @@ describeWith(['fuse', 'root'], 'vdpa daemon', () => {
         req(0, 1000, back, 8192, true, 2); // IN
         req(0, (128 << 20) / 512, back, 512, true, 3); // past the end: IOERR
         req(8, 0, back + 8192, 20, true, 4); // GET_ID
-        req(99, 0, 0, 0, false, 5); // unsupported
+        req(99, 0, 0, 0, false, 5); // unknown type: IOERR, as vdpa_sim_blk (not UNSUPP)
         q.ring.publish(); kick(q.kick);
         expect(waitFor(() => q.ring.usedIdx() === 6)).toBe(true);
         const used = q.ring.collect();
         expect(used.map((u) => u.len)).toEqual([8193, 1, 21, 1]);
-        expect([mem.buf[st + 2], mem.buf[st + 3], mem.buf[st + 4], mem.buf[st + 5]]).toEqual([0, 1, 0, 2]);
+        expect([mem.buf[st + 2], mem.buf[st + 3], mem.buf[st + 4], mem.buf[st + 5]]).toEqual([0, 1, 0, 1]);
         expect(mem.buf.subarray(back, back + 8192)).toEqual(pattern);
-        expect(mem.buf.subarray(back + 8192, back + 8192 + 16).toString()).toBe('minivmm-vdpa-blk');
+        expect(mem.buf.subarray(back + 8192, back + 8192 + 20)).toEqual(Buffer.from('vdpa_blk_sim\0\0\0\0\0\0\0\0'));
+
+        // DISCARD 11 / WRITE_ZEROES 13: one 16-byte {sector, num_sectors, flags} segment each.
+        const segs = base + 8 * 4096, end = (128 << 20) / 512;
+        const dwz = (type: number, sector: number, n: number, flags: number, slot: number, len = 16) => {
+          const at = segs + 16 * slot;
+          mem.buf.writeBigUInt64LE(BigInt(sector), at); mem.buf.writeUInt32LE(n, at + 8); mem.buf.writeUInt32LE(flags, at + 12);
+          req(type, 0, at, len, false, slot);
+        };
+        dwz(13, 1004, 4, 0, 6); // zeroes sectors 1004..1007
+        dwz(11, 1008, 4, 0, 7); // discard: OK, the data stays
+        dwz(13, 1010, 1, 1, 8); // UNMAP is allowed: zeroes sector 1010
+        dwz(11, 1000, 1, 1, 9); // DISCARD with a flag: UNSUPP
+        dwz(13, 1000, 1, 2, 10); // WRITE_ZEROES with an undefined flag: UNSUPP
+        dwz(13, end - 1, 2, 0, 11); // past the end: IOERR
+        dwz(11, end, 0, 0, 12); // start at the end: IOERR even for 0 sectors
+        dwz(13, 1000, 1, 0, 13, 8); // short segment: IOERR
+        req(4, 5, 0, 0, false, 14); // FLUSH with a sector: IOERR
+        q.ring.publish(); kick(q.kick);
+        expect(waitFor(() => q.ring.usedIdx() === 15)).toBe(true);
+        expect(q.ring.collect().map((u) => u.len)).toEqual(Array(9).fill(1));
+        expect([...mem.buf.subarray(st + 6, st + 15)]).toEqual([0, 0, 0, 2, 2, 1, 1, 1, 1]);
+        mem.buf.fill(0xaa, back, back + 8192);
+        req(0, 1000, back, 8192, true, 15);
+        q.ring.publish(); kick(q.kick);
+        expect(waitFor(() => q.ring.usedIdx() === 16)).toBe(true);
+        q.ring.collect();
+        const want = Buffer.from(pattern);
+        want.fill(0, 4 * 512, 8 * 512); want.fill(0, 10 * 512, 11 * 512);
+        expect(mem.buf.subarray(back, back + 8192)).toEqual(want);
         const s = d.status().devices.find((x) => x.name === `blk-${dma}`)!;
         expect(s.counters.blocksWritten).toBe(16);
-        expect(s.counters.blocksRead).toBe(16);
+        expect(s.counters.blocksRead).toBe(32);
       } finally { closeQueues(qs); close(fd); mem.free(); }
     });
   }

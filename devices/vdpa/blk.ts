@@ -1,25 +1,38 @@
-// A virtio-blk device like vdpa_sim_blk: one request queue over a sparse RAM disk (128 MiB by
-// default). Requests: 16-byte header {type, reserved, sector}, data, 1-byte status (OK 0,
-// IOERR 1, UNSUPP 2). Types IN 0, OUT 1, FLUSH 4, GET_ID 8.
+// A virtio-blk device like vdpa_sim_blk (Linux 6.12): one request queue over a sparse RAM disk
+// (128 MiB by default, the kernel's 0x40000 sectors). Requests: 16-byte header {type, ioprio,
+// sector}, data, 1-byte status (OK 0, IOERR 1, UNSUPP 2). Types IN 0, OUT 1, FLUSH 4, GET_ID 8,
+// DISCARD 11, WRITE_ZEROES 13; any other type is IOERR, as in the kernel.
 import { SimDevice, type SimProfile } from './sim.js';
 import { popAvail, pushUsed, wantsInterrupt, type Chain } from './virtqueue.js';
 import { clip } from './net.js';
 import type { Dma, Seg } from './dma.js';
 
 const SECTOR = 512, CHUNK = 64 * 1024, BATCH = 64;
-const T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8;
+const T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8, T_DISCARD = 11, T_WRITE_ZEROES = 13;
 const S_OK = 0, S_IOERR = 1, S_UNSUPP = 2;
-const ID = 'minivmm-vdpa-blk';
+const ID = 'vdpa_blk_sim', ID_BYTES = 20; // vdpasim_blk_id, zero-padded to VIRTIO_BLK_ID_BYTES
+const DWZ_MAX_SECTORS = 0xffffffff; // VDPASIM_BLK_DWZ_MAX_SECTORS (UINT_MAX)
+const RW_MAX_SECTORS = 4096 * 32; // the kernel caps IN/OUT at size_max * seg_max, counted in sectors
+const WRITE_ZEROES_FLAG_UNMAP = 1;
 
 export function blkProfile(capacityBytes: number): SimProfile {
-  const config = Buffer.alloc(60); // struct virtio_blk_config up to write_zeroes_may_unmap
+  // struct virtio_blk_config as in 6.12: 96 bytes, through the zoned fields (left 0).
+  const config = Buffer.alloc(96);
   config.writeBigUInt64LE(BigInt(capacityBytes / SECTOR), 0); // capacity (sectors)
   config.writeUInt32LE(4096, 8); // size_max
   config.writeUInt32LE(32, 12); // seg_max
   config.writeUInt32LE(SECTOR, 20); // blk_size
+  config.writeUInt16LE(1, 26); // topology: min_io_size (physical_block_exp, alignment_offset 0)
+  config.writeUInt32LE(1, 28); // topology: opt_io_size
   config.writeUInt16LE(1, 34); // num_queues
-  // SIZE_MAX 1, SEG_MAX 2, BLK_SIZE 6, FLUSH 9, ANY_LAYOUT 27, VERSION_1 32, ACCESS_PLATFORM 33
-  const features = (1n << 1n) | (1n << 2n) | (1n << 6n) | (1n << 9n) | (1n << 27n) | (1n << 32n) | (1n << 33n);
+  config.writeUInt32LE(DWZ_MAX_SECTORS, 36); // max_discard_sectors
+  config.writeUInt32LE(1, 40); // max_discard_seg
+  config.writeUInt32LE(SECTOR, 44); // discard_sector_alignment (the kernel's value, 512)
+  config.writeUInt32LE(DWZ_MAX_SECTORS, 48); // max_write_zeroes_sectors
+  config.writeUInt32LE(1, 52); // max_write_zeroes_seg; write_zeroes_may_unmap (56) stays 0
+  // SIZE_MAX 1, SEG_MAX 2, BLK_SIZE 6, FLUSH 9, TOPOLOGY 10, MQ 12, DISCARD 13, WRITE_ZEROES 14,
+  // ANY_LAYOUT 27, VERSION_1 32, ACCESS_PLATFORM 33: 0x308007646, as vdpasim_blk offers.
+  const features = [1n, 2n, 6n, 9n, 10n, 12n, 13n, 14n, 27n, 32n, 33n].reduce((f, b) => f | (1n << b), 0n);
   return { deviceId: 2, features, vringMax: 256, nvqs: 1, nas: 1, ngroups: 1, vqGroup: () => 0, config };
 }
 
@@ -53,34 +66,70 @@ export class BlkDevice extends SimDevice {
       const type = hdr.readUInt32LE(0), sector = Number(hdr.readBigUInt64LE(8));
       const outData = dropFirst(c.out, 16);
       const outLen = c.outLen - 16, inLen = c.inLen - 1;
+      // vdpa_sim_blk fails every request but IN and OUT whose header sector isn't 0.
+      if (type !== T_IN && type !== T_OUT && sector !== 0) return this.finish(dma, statusSeg, S_IOERR, 0);
       switch (type) {
         case T_IN:
-          if (this.inRange(sector, inLen)) {
+          if (this.inRange(sector, inLen, RW_MAX_SECTORS)) {
             if (dma.scatter(dataIn, this.readDisk(sector * SECTOR, inLen))) { status = S_OK; written = inLen; this.counters.blocksRead += inLen / SECTOR; }
           }
           break;
         case T_OUT:
-          if (this.inRange(sector, outLen)) {
+          if (this.inRange(sector, outLen, RW_MAX_SECTORS)) {
             const data = dma.gather(outData);
             if (data) { this.writeDisk(sector * SECTOR, data); status = S_OK; this.counters.blocksWritten += outLen / SECTOR; }
           }
           break;
-        case T_FLUSH: status = S_OK; break;
+        case T_FLUSH: status = S_OK; break; // RAM: nothing to flush
         case T_GET_ID: {
-          const id = Buffer.alloc(Math.min(20, inLen));
+          const id = Buffer.alloc(Math.min(ID_BYTES, inLen));
           Buffer.from(ID).copy(id);
           if (dma.scatter(dataIn, id)) { status = S_OK; written = id.length; }
           break;
         }
-        default: status = S_UNSUPP;
+        case T_DISCARD: case T_WRITE_ZEROES: {
+          // Exactly one struct virtio_blk_discard_write_zeroes {le64 sector, le32 num_sectors,
+          // le32 flags} (max_*_seg is 1); anything else is IOERR.
+          const seg = outLen === 16 ? dma.gather(outData) : null;
+          if (!seg) break;
+          const start = Number(seg.readBigUInt64LE(0)), n = seg.readUInt32LE(8), flags = seg.readUInt32LE(12);
+          // Flags the type doesn't define are UNSUPP (checked before the range, as the kernel does).
+          const allowed = type === T_WRITE_ZEROES ? WRITE_ZEROES_FLAG_UNMAP : 0;
+          if (flags & ~allowed) { status = S_UNSUPP; break; }
+          if (!this.inRange(start, n * SECTOR, DWZ_MAX_SECTORS)) break;
+          // DISCARD keeps the data (the kernel's does too); WRITE_ZEROES, with or without UNMAP, zeroes.
+          if (type === T_WRITE_ZEROES) this.zeroDisk(start * SECTOR, n * SECTOR);
+          status = S_OK;
+          break;
+        }
+        default: status = S_IOERR; // vdpa_sim_blk answers unknown types IOERR, not UNSUPP
       }
     }
+    return this.finish(dma, statusSeg, status, written);
+  }
+
+  /** Writes the status byte; the used length counts it only if it landed. */
+  private finish(dma: Dma, statusSeg: Seg, status: number, written: number): number {
     if (!dma.write(statusSeg.addr, Buffer.from([status]))) return written;
     return written + 1;
   }
 
-  private inRange(sector: number, len: number): boolean {
-    return len % SECTOR === 0 && sector * SECTOR + len <= this.capacity;
+  /**
+   * vdpasim_blk_check_range: the start inside the disk, at most `max` sectors, the end not past it.
+   * Stricter in one way: `len` must be whole sectors (the kernel rounds down, then copies all of it).
+   */
+  private inRange(start: number, len: number, max: number): boolean {
+    const sectors = this.capacity / SECTOR, n = len / SECTOR;
+    return len % SECTOR === 0 && start < sectors && n <= max && n <= sectors - start;
+  }
+  /** Zeroes [off, off + len): whole chunks are dropped (they read back as zeros), parts cleared. */
+  private zeroDisk(off: number, len: number): void {
+    for (let at = 0; at < len;) {
+      const ci = Math.floor((off + at) / CHUNK), co = (off + at) % CHUNK, n = Math.min(CHUNK - co, len - at);
+      if (n === CHUNK) this.chunks.delete(ci);
+      else this.chunks.get(ci)?.fill(0, co, co + n);
+      at += n;
+    }
   }
   private readDisk(off: number, len: number): Buffer {
     const out = Buffer.alloc(len);

@@ -238,8 +238,9 @@ export class VdpaDevice {
     let hdr = r.in;
     if (fromCaller) { hdr = Buffer.alloc(8); this.readCaller(r.tid, r.arg, hdr); }
     const off = hdr.readUInt32LE(0), len = hdr.readUInt32LE(4), size = this.sim.config.length;
-    if (len === 0 || off > size) throw err('EINVAL');
-    if (len > size - off) throw err('E2BIG');
+    // vhost_vdpa_config_validate says E2BIG for len > size - off, but its callers return EINVAL
+    // for any failure (drivers/vhost/vdpa.c), so userspace only ever sees EINVAL.
+    if (len === 0 || off > size || len > size - off) throw err('EINVAL');
     return { off, len, hdr };
   }
   private getConfig(r: IoctlRequest): Buffer {
