@@ -5,7 +5,7 @@
 //   reads/writes the address space it is bound to. Single ranges go through /proc/PID/mem opened
 //   at bind time (it keeps referring to that mm after an exec, whose reads then fail, as the
 //   kernel's bound mm would), scatter/gather through process_vm_readv/writev of the pid.
-import { addressOf } from '../../src/libc.js';
+import { addressOf, bufferAt } from '../../src/libc.js';
 import { preadRaw, pwriteRaw, processVmv, type Iov } from './sys.js';
 
 /** One mapping as the parent sees it (a snapshot taken at set_map time). */
@@ -13,7 +13,24 @@ export interface MapView {
   start: number; last: number; // iova, inclusive
   addr: number; // va: user VA; pa: daemon mapping address
   perm: number; // VHOST_ACCESS_RO 1, WO 2, RW 3
-  buf?: Buffer; // pa: the daemon's mapping of the entry
+  /** pa: 1 GiB windows onto the daemon's mapping, made on first use (a Buffer cannot exceed 4 GiB). */
+  windows?: Buffer[];
+}
+
+const WINDOW = 2 ** 30;
+/** The parts of [off, off+len) of a pa entry's mapping, as views (no copy); usually one. */
+function paParts(m: MapView, off: number, len: number): Buffer[] {
+  const size = m.last - m.start + 1;
+  m.windows ??= [];
+  const parts: Buffer[] = [];
+  while (len > 0) {
+    const w = Math.floor(off / WINDOW), o = off - w * WINDOW;
+    const win = (m.windows[w] ??= bufferAt(m.addr + w * WINDOW, Math.min(WINDOW, size - w * WINDOW)));
+    const n = Math.min(len, win.length - o);
+    parts.push(win.subarray(o, o + n));
+    off += n; len -= n;
+  }
+  return parts;
 }
 export interface Seg { addr: number; len: number } // an iova range
 
@@ -54,14 +71,14 @@ export class PaDma implements Dma {
   read(iova: number, len: number): Buffer | null {
     const p = this.pieces(iova, len, RO);
     if (!p) return null;
-    if (p.length === 1) return p[0].m.buf!.subarray(p[0].off, p[0].off + len);
-    return Buffer.concat(p.map((x) => x.m.buf!.subarray(x.off, x.off + x.len)));
+    const parts = p.flatMap((x) => paParts(x.m, x.off, x.len));
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts);
   }
   write(iova: number, data: Buffer): boolean {
     const p = this.pieces(iova, data.length, WO);
     if (!p) return false;
     let at = 0;
-    for (const x of p) { data.copy(x.m.buf!, x.off, at, at + x.len); at += x.len; }
+    for (const x of p) for (const part of paParts(x.m, x.off, x.len)) { data.copy(part, 0, at, at + part.length); at += part.length; }
     return true;
   }
   gather(segs: Seg[]): Buffer | null {

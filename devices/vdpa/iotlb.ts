@@ -3,7 +3,7 @@
 // (mm->pinned_vm, shown as VmPin) and the mapping walks behind UPDATE (va: /proc/PID/maps; pa:
 // /proc/PID/map_files mapped MAP_SHARED into the daemon and mlocked).
 import { closeSync, openSync, readFileSync, constants as fsc } from 'node:fs';
-import { bufferAt, mlock, mmap, munmap, MAP_SHARED, PROT_READ, PROT_WRITE } from '../../src/libc.js';
+import { mlock, mmap, munmap, MAP_SHARED, PROT_READ, PROT_WRITE } from '../../src/libc.js';
 import type { MapView } from './dma.js';
 import { ownerKey, type OwnerId } from './owner.js';
 import { sleepMs } from './sys.js';
@@ -16,7 +16,7 @@ export interface Entry {
   addr: bigint; // va: user VA (REMAP replaces it); pa: the daemon's mapping ("physical" address)
   perm: number;
   file?: { path: string; offset: bigint }; // va: the kept file reference
-  pin?: { addr: number; len: number; pages: number; buf: Buffer }; // pa: the daemon's mlocked mapping
+  pin?: { addr: number; len: number; pages: number }; // pa: the daemon's mlocked mapping
 }
 
 export class AddressSpace {
@@ -33,7 +33,7 @@ export class AddressSpace {
   /** set_map: push the whole address space to the parent. */
   push(): void {
     this.view = this.entries.map((e) => ({
-      start: Number(e.start), last: Number(e.last), addr: e.pin ? e.pin.addr : Number(e.addr), perm: e.perm, buf: e.pin?.buf,
+      start: Number(e.start), last: Number(e.last), addr: e.pin ? e.pin.addr : Number(e.addr), perm: e.perm,
     }));
   }
 }
@@ -92,7 +92,7 @@ export function pinRange(pid: number, uaddr: number, len: number, writable: bool
       try {
         const addr = mmap(n, prot, MAP_SHARED, fd, v.offset + (at - v.start));
         try { mlock(addr, n); } catch (e) { munmap(addr, n); throw e; }
-        pieces.push({ uaddr: at, len: n, pin: { addr, len: n, pages: n / PAGE, buf: bufferAt(addr, n) } });
+        pieces.push({ uaddr: at, len: n, pin: { addr, len: n, pages: n / PAGE } });
       } finally { closeSync(fd); }
       at += n;
     }
