@@ -35,7 +35,7 @@ interface Raw { value: number; errnoCode: number; errnoMessage: string }
  * Call a libc function that returns -1 and sets errno on failure. `label` names it in errors.
  * int-returning functions must be read as I32: the upper half of rax is not defined for them.
  */
-function sys(label: string, funcName: string, paramsType: Param[], paramsValue: unknown[], retType: Param = funcName === 'syscall' ? T.I64 : T.I32): number {
+export function sys(label: string, funcName: string, paramsType: Param[], paramsValue: unknown[], retType: Param = funcName === 'syscall' ? T.I64 : T.I32): number {
   let r: Raw;
   try {
     r = ffi.load({ library: 'libc', funcName, retType, paramsType, paramsValue, errno: true }) as unknown as Raw;

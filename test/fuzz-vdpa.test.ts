@@ -6,6 +6,7 @@
 // walks to DRIVER_OK and loops frames as usual. (test/vdpa-daemon-fuzz.test.ts checks the exact
 // errno of specific malformed requests; this one covers the argument space.)
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { errnoOf, loopback } from './vdpa-helpers.js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -19,25 +20,7 @@ import { fuzzCases, fuzzSeed, rng, type Rng } from './fuzz/prng.js';
 import { ALLOWED_ERRNOS, batchSequence, iotlbMessage, knownIoctl, randomIoctl } from './fuzz/vhost.js';
 
 const root = new URL('..', import.meta.url).pathname;
-const errnoOf = (f: () => unknown): string => {
-  try { f(); return 'OK'; } catch (e) { if (e instanceof SyscallError) return e.code === 'ENOTSUP' ? 'EOPNOTSUPP' : e.code; throw e; }
-};
 
-function loopback(qs: ReturnType<typeof bringUp>, mem: GuestMemory, n: number): boolean {
-  const [rx, tx] = qs, base = ringArea(3);
-  rx.ring.collect(); tx.ring.collect();
-  const start = rx.ring.usedIdx();
-  for (let i = 0; i < n; i++) rx.ring.add([{ off: base + i * 2048, len: 2048, write: true }]);
-  rx.ring.publish(); kick(rx.kick);
-  const tb = base + 64 * 2048;
-  for (let i = 0; i < n; i++) {
-    mem.buf.fill(0, tb + i * 128, tb + i * 128 + 12); mem.buf.writeUInt32LE(0xfa220000 + i, tb + i * 128 + 12);
-    tx.ring.add([{ off: tb + i * 128, len: 16, write: false }]);
-  }
-  tx.ring.publish(); kick(tx.kick);
-  if (!waitFor(() => ((rx.ring.usedIdx() - start) & 0xffff) === n, 5000)) return false;
-  return rx.ring.collect().every((u, i) => u.len === 16 && mem.buf.readUInt32LE(base + u.head * 2048 + 12) === 0xfa220000 + i);
-}
 
 /** A second process that takes ownership of the fd we pass it, and holds it until told to go. */
 function foreignOwner(fd: number): Promise<ChildProcess> {

@@ -1,6 +1,7 @@
 // ≥ 10,000 malformed requests against the vdpa daemon, each answered with the kernel's errno; a
 // client killed mid-operation; afterwards the devices still loop frames back.
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { errnoOf, loopback } from './vdpa-helpers.js';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -26,23 +27,6 @@ const ioc = (dir: number, nr: number, size: number) => ((dir << 30) | (size << 1
 const known = new Set<number>(Object.values(VHOST).map((c) => c & 0xff));
 const unknownNrs = Array.from({ length: 256 }, (_, i) => i).filter((nr) => !known.has(nr) && ![0x13, 0x14, 0x23, 0x24, 0x27].includes(nr));
 
-/** Frames sent on TX come back on RX (device brought up by the caller). */
-function loopback(qs: ReturnType<typeof bringUp>, mem: GuestMemory, n: number): boolean {
-  const [rx, tx] = qs, base = ringArea(3);
-  rx.ring.collect(); tx.ring.collect();
-  const start = rx.ring.usedIdx();
-  for (let i = 0; i < n; i++) rx.ring.add([{ off: base + i * 2048, len: 2048, write: true }]);
-  rx.ring.publish(); kick(rx.kick);
-  const tb = base + 64 * 2048;
-  for (let i = 0; i < n; i++) {
-    mem.buf.fill(0, tb + i * 128, tb + i * 128 + 12); mem.buf.writeUInt32LE(0xc0de0000 + i, tb + i * 128 + 12);
-    tx.ring.add([{ off: tb + i * 128, len: 16, write: false }]);
-  }
-  tx.ring.publish(); kick(tx.kick);
-  if (!waitFor(() => ((rx.ring.usedIdx() - start) & 0xffff) === n)) return false;
-  const used = rx.ring.collect();
-  return used.every((u, i) => u.len === 16 && mem.buf.readUInt32LE(base + u.head * 2048 + 12) === 0xc0de0000 + i);
-}
 
 describeWith(['fuse', 'root'], 'vdpa daemon under malformed input', () => {
   let d: VdpaDaemon;

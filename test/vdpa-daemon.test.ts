@@ -1,6 +1,7 @@
 // The embedded vhost-vdpa daemon: lifecycle through the UAPI, data path loopback (net, blk; va,
 // pa), ownership across processes, stop and restart over a stale mount.
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { errnoOf } from './vdpa-helpers.js';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -3,23 +3,12 @@
 // a failure throws SyscallError naming the call and the errno. Pointers are passed as numbers
 // (addresses of Buffers from addressOf, or of mappings) so that big Buffers are never marshalled.
 import ffi from 'ffi-rs';
-import { SyscallError, addressOf } from '../../src/libc.js';
+import { SyscallError, addressOf, sys } from '../../src/libc.js';
 
 const { DataType: T } = ffi;
 ffi.open({ library: 'libc', path: '' });
 
 interface Raw { value: number; errnoCode: number; errnoMessage: string }
-
-function sys(label: string, funcName: string, paramsType: ffi.DataType[], paramsValue: unknown[], retType: ffi.DataType = T.I64): number {
-  let r: Raw;
-  try {
-    r = ffi.load({ library: 'libc', funcName, retType, paramsType, paramsValue, errno: true }) as unknown as Raw;
-  } catch (e) {
-    throw new Error(`${label}: bad arguments (${(e as Error).message || 'type mismatch'})`);
-  }
-  if (r.value === -1) throw new SyscallError(label, r.errnoCode, r.errnoMessage);
-  return r.value;
-}
 
 /** Like sys() but returns -errno instead of throwing (hot paths that expect EAGAIN). */
 function sysNoThrow(funcName: string, paramsType: ffi.DataType[], paramsValue: unknown[], retType: ffi.DataType = T.I64): number {
