@@ -43,8 +43,12 @@ async function soak(args: string[], updates: number): Promise<void> {
   vm = await VmProcess.start(['--memory', '1G', '--log-level', 'warn', ...args]);
   await vm.waitFor(/^net sent=/m, 60_000);
   const daemon = await daemonOf(vm);
-  const snapshot = () => ({ fds: vm!.fdCount(), pinned: readDaemonStatus(daemon.dir).devices.map((d) => d.pinnedPages) });
-  let first: ReturnType<typeof snapshot> | undefined;
+  // Counted after a short settle: a monitor connection that just closed may still be open here.
+  const snapshot = async () => {
+    await new Promise((r) => setTimeout(r, 300));
+    return { fds: vm!.fdCount(), pinned: readDaemonStatus(daemon.dir).devices.map((d) => d.pinnedPages) };
+  };
+  let first: Awaited<ReturnType<typeof snapshot>> | undefined;
   for (let i = 1; i <= updates; i++) {
     const mark = vm.stdout.length;
     const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
@@ -52,9 +56,9 @@ async function soak(args: string[], updates: number): Promise<void> {
     expect(r.downtime).toBeLessThan(1000); // sanity bound
     for (const d of r.cpr.devices) expect(d.path).toBe('new-owner');
     await trafficFlows(vm, mark);
-    if (i === 1) first = snapshot();
+    if (i === 2) first = await snapshot();
   }
-  const last = snapshot();
+  const last = await snapshot();
   expect(last).toEqual(first);
   const s = parseStats(vm.stdout);
   if (s.net) {
