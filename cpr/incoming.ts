@@ -4,7 +4,7 @@
 import { fstatSync, readSync } from 'node:fs';
 import { close, setCloexec } from '../src/libc.js';
 import { GuestMemory } from '../src/memory.js';
-import { Machine } from '../vmm/machine.js';
+import { Machine, type VmShell } from '../vmm/machine.js';
 import { decodeState, findFd, type CprState } from './state.js';
 import { STATE_ENV, TIMES_ENV } from './exec.js';
 import { Vmm, VERSION, type UpdateResult } from '../vmm/vmm.js';
@@ -57,7 +57,7 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
  * `beforeResume` runs after every device is restored and before the vCPUs run (a transfer's
  * last point of no return); `afterResume` right after they run.
  */
-export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResume?: () => void; afterResume?: () => void } = {}): Promise<Vmm> {
+export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResume?: () => void; afterResume?: () => void; shell?: VmShell } = {}): Promise<Vmm> {
   const t = { decoded: process.hrtime.bigint(), vm: 0n, devices: 0n, resumed: 0n };
   const vmm = new Vmm(MIGRATORS);
   const { machine: ms0, fds } = state;
@@ -65,7 +65,7 @@ export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResu
   const inject = process.env.MINIVMM_INJECT;
   delete process.env.MINIVMM_INJECT;
   const mem = GuestMemory.adopt(ms0.memory.map((r, i) => ({ ...r, fd: findFd(fds, 'ram', i) })));
-  vmm.machine = Machine.restore(ms0, mem, serialFd, vmm.onVcpuEvent);
+  vmm.machine = Machine.restore(ms0, mem, serialFd, vmm.onVcpuEvent, hooks.shell);
   t.vm = process.hrtime.bigint();
   vmm.daemon = ms0.devices.vdpaDaemon;
   vmm.exitHooks.push(() => stopDaemon(vmm.daemon));

@@ -16,6 +16,7 @@ import { encodeState, loadEncoder, decodeState, type CprState } from './state.js
 import { keptFds } from './exec.js';
 import { readStateBlob, restoreVm } from './incoming.js';
 import { log } from '../vmm/log.js';
+import { Machine } from '../vmm/machine.js';
 import type { Vmm } from '../vmm/vmm.js';
 import type { VhostVdpa, VdpaState } from '../devices/vhost-vdpa.js';
 
@@ -109,8 +110,12 @@ function killAndWait(pid: number): void {
   }
 }
 
-/** New image: listen on `path`, receive the state and fds, restore, wait for `commit`, run. */
-export async function incomingTransfer(path: string): Promise<Vmm> {
+/**
+ * New image: listen on `path`, receive the state and fds, restore, wait for `commit`, run. The VM
+ * shell for `smp` vCPUs (this process's own options) is built before the wait.
+ */
+export async function incomingTransfer(path: string, smp: number): Promise<Vmm> {
+  const shell = Machine.createShell(smp);
   if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
   const listener = socket(SOCK_SEQPACKET);
   bind(listener, path);
@@ -137,6 +142,7 @@ export async function incomingTransfer(path: string): Promise<Vmm> {
     throw e;
   }
   return restoreVm(state, { mode: 'cpr-transfer', saved: BigInt(header.saved), sent: BigInt(header.sent), arrived, loaded: arrived }, {
+    shell,
     beforeResume: () => {
       write('cpr-transfer ready', conn, Buffer.from('ready'));
       // Block until the old process commits (or exits, which also closes the socket). An abort

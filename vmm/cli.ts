@@ -108,7 +108,7 @@ async function cmdRun(args: string[]): Promise<void> {
   if (incoming) {
     // cpr-transfer target: load everything now, then wait for the old process on the socket.
     const { incomingTransfer } = await import('../cpr/transfer.js');
-    await incomingTransfer(incoming);
+    await incomingTransfer(incoming, config.smp);
     return;
   }
   const { startVmm } = await import('./start.js');
