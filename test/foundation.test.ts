@@ -125,7 +125,7 @@ describeWith(['kvm'], 'a corrupt CPR state blob is rejected by the new image', (
 describeWith(['kvm'], 'an exec target that dies before restoring', () => {
   it('loses the guest, and says so; the process is gone', async () => {
     const vm2 = await VmProcess.start(['--guest', 'counter', '--log-level', 'warn']);
-    await vm2.waitFor(/counter \d+/);
+    await vm2.waitFor(/counter \d+ tsc \d+ round \d+\n/);
     const { runUpdate } = await import('../vmm/update.js');
     const r = await runUpdate(vm2.qmpPath, ['/bin/false'], 3000);
     expect(r.status).toBe('failed');
@@ -140,7 +140,7 @@ describeWith(['kvm'], 'QMP monitor', () => {
 
   it('speaks the protocol: greeting, negotiation, errors, stop/cont with events', async () => {
     vm = await VmProcess.start(['--guest', 'counter']);
-    await vm.waitFor(/counter \d+/);
+    await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/);
     const { QmpConnection } = await import('../vmm/qmp.js');
     const raw = await import('node:net').then((net) => net.connect(vm.qmpPath));
     const got: string[] = [];
@@ -170,7 +170,7 @@ describeWith(['kvm'], 'QMP monitor', () => {
     expect(counterValues(vm.stdout).length).toBe(before); // paused means paused
     await c.execute('cont');
     await c.event('RESUME', 5000);
-    await vm.waitFor(/counter \d+/, 5000, vm.stdout.length);
+    await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/, 5000, vm.stdout.length);
     await expect(c.execute('migrate', { uri: 'file:/dev/null' })).rejects.toThrow(/mode 'normal' is not supported/);
     await c.execute('migrate-set-parameters', { mode: 'cpr-exec' });
     await expect(c.execute('migrate', { uri: 'tcp:1.2.3.4:5' })).rejects.toThrow(/file:PATH/);
@@ -187,7 +187,7 @@ describeWith(['kvm'], 'cpr-exec live update of the counter guest', () => {
 
   it('survives 20 consecutive updates: counter increases, RAM intact, same pid, no fd leak', async () => {
     vm = await VmProcess.start(['--guest', 'counter', '--memory', '1G', '--log-level', 'warn']);
-    await vm.waitFor(/counter \d+/);
+    await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/);
     const { runUpdate } = await import('../vmm/update.js');
     const fdCounts: number[] = [];
     const downtimes: number[] = [];
@@ -200,7 +200,7 @@ describeWith(['kvm'], 'cpr-exec live update of the counter guest', () => {
       expect(r.downtime).toBeGreaterThan(0);
       expect(r.downtime).toBeLessThan(1000); // a sanity bound, not a benchmark
       for (const k of ['pause', 'save', 'exec', 'restore', 'resume']) expect(r.cpr.phases[k]).toBeGreaterThanOrEqual(0);
-      await vm.waitFor(/counter \d+/, 10_000, mark); // the guest prints again after the update
+      await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/, 10_000, mark); // the guest prints again after the update
       fdCounts.push(vm.fdCount());
     }
     expect(vm.child.exitCode).toBeNull();
@@ -278,11 +278,11 @@ describeWith(['kvm'], 'cpr-exec live update of the counter guest', () => {
     expect(bad.status).toBe('failed');
     expect(String(bad['error-desc'])).toMatch(/execve\(\/nonexistent\/minivmm-next\) failed: ENOENT/);
     const mark = vm.stdout.length;
-    await vm.waitFor(/counter \d+/, 10_000, mark); // still running
+    await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/, 10_000, mark); // still running
     expect(vm.fdCount()).toBe(fds); // CLOEXEC restored, state memfd closed
     const good = await runUpdate(vm.qmpPath, null, 30_000);
     expect(good.status).toBe('completed');
-    await vm.waitFor(/counter \d+/, 10_000, vm.stdout.length);
+    await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/, 10_000, vm.stdout.length);
     const values = counterValues(vm.stdout);
     for (let i = 1; i < values.length; i++) expect(values[i]).toBeGreaterThan(values[i - 1]);
   });

@@ -69,14 +69,14 @@ describeWith(['kvm'], 'fuzz: QMP input against a running VM', () => {
 
   beforeAll(async () => {
     vm = await VmProcess.start(['--guest', 'counter', '--log-level', 'silent']);
-    await vm.waitFor(/counter \d+/);
+    await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/);
   });
   afterAll(async () => { await vm?.kill(); });
   // A VM killed by an earlier case (a finding) is replaced, so one bug does not hide the others.
   beforeEach(async () => {
     if (vm.child.exitCode !== null) {
       vm = await VmProcess.start(['--guest', 'counter', '--log-level', 'silent']);
-      await vm.waitFor(/counter \d+/);
+      await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/);
     }
   });
 
@@ -201,7 +201,7 @@ describeWith(['kvm'], 'fuzz: QMP input against a running VM', () => {
     expect(st.return).toMatchObject({ status: 'running', running: true });
     c.s.destroy();
     const before = counterValues(vm.stdout).length;
-    await vm.waitFor(/counter \d+/, 10_000, vm.stdout.length);
+    await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/, 10_000, vm.stdout.length); // a whole line
     expect(counterValues(vm.stdout).length).toBeGreaterThan(before);
     const v = counterValues(vm.stdout);
     for (let i = 1; i < v.length; i++) expect(v[i]).toBeGreaterThan(v[i - 1]);
