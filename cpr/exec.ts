@@ -1,12 +1,9 @@
 // cpr-exec, old image: pause, save the state into a sealed memfd, clear FD_CLOEXEC on exactly the
 // fds to keep, execve. If execve fails: CLOEXEC back, resume, report failed (QEMU's cpr-exec).
-import { accessSync, constants, writeSync } from 'node:fs';
+import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import {
-  memfdCreate, fcntl, close, execve, setCloexec, isCloexec, MFD_CLOEXEC, MFD_ALLOW_SEALING, F_ADD_SEALS,
-  F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
-} from '../src/libc.js';
-import { encodeState, loadEncoder, type NamedFd, type CprState } from './state.js';
+import { close, execve, setCloexec, isCloexec } from '../src/libc.js';
+import { loadEncoder, writeSealedState, type NamedFd, type UpdateRecord } from './state.js';
 import type { Vmm, Migrators } from '../vmm/vmm.js';
 import type { VhostVdpa, VdpaState } from '../devices/vhost-vdpa.js';
 import { log } from '../vmm/log.js';
@@ -60,11 +57,24 @@ export function defaultCommand(): string[] {
   return [process.execPath, ...process.execArgv, process.argv[1], ...process.argv.slice(2)];
 }
 
+/**
+ * Old image, vCPUs paused: quiesce each device (SUSPEND, ring bases; spec §4.2) and save
+ * everything into a sealed memfd. Devices quiesced so far are in `prepared`, also if this throws.
+ */
+export function saveForUpdate(vmm: Vmm, mode: UpdateRecord['mode'], t: UpdateRecord['t'], kept: NamedFd[], prepared: [VhostVdpa, VdpaState][]): number {
+  for (const d of vmm.vdpa) prepared.push([d, d.prepareUpdate()]);
+  return writeSealedState({
+    machine: vmm.machine.save({ vdpa: prepared.map(([, s]) => s), vdpaDaemon: vmm.daemon }),
+    fds: kept,
+    update: { n: vmm.history.length + 1, mode, t, history: vmm.history },
+  });
+}
+
 export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void> {
   const argv = command ?? defaultCommand();
   await loadEncoder();
   const qmp = vmm.qmp;
-  const t = { pauseStart: now(), paused: 0n, saved: 0n, execStart: 0n };
+  const t = { pauseStart: now(), paused: 0n };
   const wasRunning = vmm.machine.running;
   vmm.migration.status = 'active';
   qmp?.event('MIGRATION', { status: 'active' });
@@ -79,25 +89,12 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
   const restoreCloexec: number[] = [];
   const prepared: [VhostVdpa, VdpaState][] = [];
   try {
-    // Devices quiesce after the vCPUs: SUSPEND, ring bases (spec §4.2, old image).
-    for (const d of vmm.vdpa) prepared.push([d, d.prepareUpdate()]);
-    const state: CprState = {
-      machine: vmm.machine.save({ vdpa: prepared.map(([, s]) => s), vdpaDaemon: vmm.daemon }),
-      fds: kept,
-      update: { n: vmm.history.length + 1, mode: 'cpr-exec', t, history: vmm.history },
-    };
-    const blob = encodeState(state);
-    stateFd = memfdCreate('minivmm-cpr-state', MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    writeSync(stateFd, blob);
-    // Sealed: nothing can change the state between here and the new image reading it.
-    fcntl(stateFd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
-    t.saved = now();
-
+    stateFd = saveForUpdate(vmm, 'cpr-exec', t, kept, prepared);
+    const saved = now();
     for (const fd of [0, 1, 2, stateFd, ...kept.map((k) => k.fd)]) {
       if (isCloexec(fd)) { setCloexec(fd, false); restoreCloexec.push(fd); }
     }
-    t.execStart = now();
-    const env = { ...leanEnv(process.env), [STATE_ENV]: String(stateFd), [TIMES_ENV]: `${t.saved},${t.execStart}` };
+    const env = { ...leanEnv(process.env), [STATE_ENV]: String(stateFd), [TIMES_ENV]: `${saved},${now()}` };
     execve(resolveCommand(argv[0]), argv, env);
   } catch (e) {
     // Still the old image: every kept fd gets CLOEXEC again, the guest runs on.

@@ -3,6 +3,10 @@
 // msgpack body. A blob that fails any check is rejected before anything is torn down.
 import { Unpackr } from 'msgpackr/unpack'; // the restore path loads only the decoder (half the load time)
 import { crc32 } from 'node:zlib';
+import { writeSync } from 'node:fs';
+import {
+  memfdCreate, fcntl, close, MFD_CLOEXEC, MFD_ALLOW_SEALING, F_ADD_SEALS, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
+} from '../src/libc.js';
 import type { Packr } from 'msgpackr';
 import type { VdpaState } from '../devices/vhost-vdpa.js';
 
@@ -45,8 +49,9 @@ export interface MachineState {
 export interface UpdateRecord {
   n: number; // how many updates this VM has been through, this one included
   mode: 'cpr-exec' | 'cpr-transfer';
-  /** process.hrtime (CLOCK_MONOTONIC) in ns, comparable across exec. */
-  t: { pauseStart: bigint; paused: bigint; saved: bigint; execStart: bigint };
+  /** process.hrtime (CLOCK_MONOTONIC) in ns, comparable across exec. Later times (state written,
+   *  exec/send) cannot be in the sealed state: they travel beside it. */
+  t: { pauseStart: bigint; paused: bigint };
   history: { n: number; downtime: number; path: string; phases: Record<string, number> }[];
 }
 
@@ -76,6 +81,16 @@ export function encodeState(state: CprState): Buffer {
   return Buffer.concat([header, body]);
 }
 
+/** The encoded state in a memfd, sealed so nothing can change it before the new image reads it. */
+export function writeSealedState(state: CprState): number {
+  const fd = memfdCreate('minivmm-cpr-state', MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  try {
+    writeSync(fd, encodeState(state));
+    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+  } catch (e) { close(fd); throw e; }
+  return fd;
+}
+
 export class StateError extends Error {}
 
 /** Checks and decodes a blob; every failure is one clear line. */
@@ -100,7 +115,7 @@ function validate(s: CprState): void {
   need(s.machine && s.machine.config && typeof s.machine.config.guest === 'string', 'machine.config');
   need(Array.isArray(s.machine.memory) && s.machine.memory.length > 0, 'machine.memory');
   need(Array.isArray(s.machine.vcpus) && s.machine.vcpus.length === s.machine.config.smp, 'machine.vcpus');
-  need(s.update && typeof s.update === 'object' && s.update.t && typeof s.update.t.pauseStart === 'bigint' && Array.isArray(s.update.history), 'update record');
+  need(s.update && typeof s.update === 'object' && s.update.t && typeof s.update.t.pauseStart === 'bigint' && typeof s.update.t.paused === 'bigint' && Array.isArray(s.update.history), 'update record');
   for (const v of s.machine.vcpus) need(v && Buffer.isBuffer(v.regs) && Buffer.isBuffer(v.sregs) && Buffer.isBuffer(v.lapic) && Buffer.isBuffer(v.msrs) && Buffer.isBuffer(v.events), 'vcpu registers');
   need(Buffer.isBuffer(s.machine.cpuid) && Buffer.isBuffer(s.machine.pit), 'cpuid/pit');
   need(Array.isArray(s.fds) && s.fds.every((f) => f && typeof f.name === 'string' && Number.isInteger(f.id) && Number.isInteger(f.fd) && f.fd >= 0), 'fds');

@@ -8,12 +8,10 @@
 import { existsSync, lstatSync, unlinkSync, chmodSync, readFileSync } from 'node:fs';
 import {
   socket, bind, listen, connect, acceptAsync, peerPid, setRecvTimeout, sendWithFds, recvWithFds, read, write, close, dup,
-  memfdCreate, fcntl, MFD_CLOEXEC, MFD_ALLOW_SEALING, F_ADD_SEALS, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
   SOCK_SEQPACKET,
 } from '../src/libc.js';
-import { writeSync } from 'node:fs';
-import { encodeState, loadEncoder, decodeState, type CprState } from './state.js';
-import { keptFds } from './exec.js';
+import { loadEncoder, decodeState, type CprState } from './state.js';
+import { keptFds, saveForUpdate } from './exec.js';
 import { readStateBlob, restoreVm } from './incoming.js';
 import { log } from '../vmm/log.js';
 import { Machine } from '../vmm/machine.js';
@@ -45,7 +43,7 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
 
   vmm.migration.status = 'active';
   qmp?.event('MIGRATION', { status: 'active' });
-  const t = { pauseStart: now(), paused: 0n, saved: 0n, execStart: 0n };
+  const t = { pauseStart: now(), paused: 0n };
   const wasRunning = vmm.machine.running;
   await vmm.machine.pause();
   t.paused = now();
@@ -55,18 +53,9 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
   let stateFd = -1, qmpCopy = -1;
   let reason: string;
   try {
-    for (const d of vmm.vdpa) prepared.push([d, d.prepareUpdate()]);
     const kept = keptFds(vmm);
-    const state: CprState = {
-      machine: vmm.machine.save({ vdpa: prepared.map(([, s]) => s), vdpaDaemon: vmm.daemon }),
-      fds: kept,
-      update: { n: vmm.history.length + 1, mode: 'cpr-transfer', t, history: vmm.history },
-    };
-    stateFd = memfdCreate('minivmm-cpr-state', MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    writeSync(stateFd, encodeState(state));
-    fcntl(stateFd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
-    t.saved = now();
-    const header: Header = { magic: MAGIC, version: VERSION, saved: String(t.saved), sent: String(now()) };
+    stateFd = saveForUpdate(vmm, 'cpr-transfer', t, kept, prepared);
+    const header: Header = { magic: MAGIC, version: VERSION, saved: String(now()), sent: String(now()) };
     sendWithFds(sock, Buffer.from(JSON.stringify(header)), [stateFd, ...kept.map((k) => k.fd)]);
     close(stateFd); stateFd = -1;
     // Stop accepting monitor connections (the new process will), but keep a copy for a rollback.

@@ -6,7 +6,7 @@ import { open, close, eventfd, O_RDWR, O_CLOEXEC, EFD_CLOEXEC, EFD_NONBLOCK, Sys
 import { vhost, BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_STATUS as S } from '../src/vhost.js';
 import type { VmFd } from '../src/kvm.js';
 import type { GuestMemory } from '../src/memory.js';
-import { VirtioMmio, QUEUE_NOTIFY, type QueueRegs, type VirtioBackend, type VirtioMmioState } from './virtio-mmio.js';
+import { VirtioMmio, QUEUE_NOTIFY, type VirtioBackend, type VirtioMmioState } from './virtio-mmio.js';
 
 const VIRTIO_F_ACCESS_PLATFORM = 1n << 33n;
 /** What we negotiate when offered (QEMU's set plus PERSIST, so a reset keeps the parent's map). */
@@ -55,7 +55,7 @@ export class VhostVdpa implements VirtioBackend {
   /** Take the slow path even though the device offers NEW_OWNER (benchmarks compare the two). */
   forceFallback = false;
   get updatePath(): UpdatePath { return !this.forceFallback && (this.offered & BACKEND_F.NEW_OWNER) ? 'new-owner' : 'fallback'; }
-  get has() { return (bit: bigint) => (this.negotiated & bit) !== 0n; }
+  private has(bit: bigint): boolean { return (this.negotiated & bit) !== 0n; }
 
   /** Opens and owns a device for a fresh VM: probe, negotiate, map all guest RAM (batched). */
   static open(path: string, index: number, vm: VmFd, mem: GuestMemory, gsi: number, base: number): VhostVdpa {
@@ -118,14 +118,14 @@ export class VhostVdpa implements VirtioBackend {
     return vhost.getConfig(this.fd, offset, len);
   }
 
-  setStatus(status: number, driverFeatures: bigint, queues: QueueRegs[]): number {
+  setStatus(status: number, driverFeatures: bigint): number {
     try {
       if (status === 0) { this.setDeviceStatus(0); return 0; }
       const prev = this.deviceStatus;
       if ((status & S.FEATURES_OK) && !(prev & S.FEATURES_OK)) {
         vhost.setFeatures(this.fd, driverFeatures | (this.deviceFeatures & VIRTIO_F_ACCESS_PLATFORM));
       }
-      if ((status & S.DRIVER_OK) && !(prev & S.DRIVER_OK)) this.startQueues(queues, []);
+      if ((status & S.DRIVER_OK) && !(prev & S.DRIVER_OK)) this.startQueues([]);
       this.setDeviceStatus(status);
       return vhost.getStatus(this.fd);
     } catch {
@@ -139,16 +139,16 @@ export class VhostVdpa implements VirtioBackend {
   private setDeviceStatus(s: number): void { vhost.setStatus(this.fd, s); this.deviceStatus = s; }
 
   /** Programs every ready queue; `bases` resumes ring indexes after an update. */
-  private startQueues(queues: QueueRegs[], bases: number[]): void {
-    queues.forEach((q, i) => {
-      if (!q.ready || i >= this.vqs) return;
+  private startQueues(bases: number[]): void {
+    for (const i of this.readyQueues()) {
+      const q = this.transport.queues[i];
       vhost.setVringNum(this.fd, i, q.num);
       vhost.setVringAddr(this.fd, { index: i, flags: 0, desc: q.desc, used: q.used, avail: q.avail, log: 0n });
       vhost.setVringBase(this.fd, i, bases[i] ?? 0);
       vhost.setVringKick(this.fd, i, this.kick[i]);
       vhost.setVringCall(this.fd, i, this.call[i]);
       vhost.setVringEnable(this.fd, i, true);
-    });
+    }
   }
 
   /** Walks the status back up to `status` with the saved features and ring bases (reset-style / fallback). */
@@ -161,7 +161,7 @@ export class VhostVdpa implements VirtioBackend {
       this.setDeviceStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK);
     }
     if (status & S.DRIVER_OK) {
-      this.startQueues(this.transport.queues, bases);
+      this.startQueues(bases);
       this.setDeviceStatus(status);
     }
   }
@@ -179,7 +179,8 @@ export class VhostVdpa implements VirtioBackend {
     let reset = false;
     if (running) {
       if (this.has(BACKEND_F.SUSPEND)) vhost.suspend(this.fd);
-      bases = this.transport.queues.map((q, i) => (q.ready && i < this.vqs ? vhost.getVringBase(this.fd, i) : 0));
+      bases = this.transport.queues.map(() => 0);
+      for (const i of this.readyQueues()) bases[i] = vhost.getVringBase(this.fd, i);
       reset = !this.has(BACKEND_F.RESUME) || this.updatePath === 'fallback';
       if (reset && this.updatePath === 'new-owner') this.setDeviceStatus(0);
     }
@@ -210,14 +211,22 @@ export class VhostVdpa implements VirtioBackend {
     try { vhost.newOwner(this.fd); } catch (e) { if (!(e instanceof SyscallError && e.code === 'EBUSY')) throw e; }
     if (this.offered & BACKEND_F.IOTLB_REMAP) this.mapAll(mem, IOTLB.REMAP);
     if (!running) return;
-    if (saved.reset) { this.reinit(saved.status, saved.bases); this.notifyAll(); return; }
-    this.transport.queues.forEach((q, i) => {
-      if (!q.ready || i >= this.vqs) return;
+    if (saved.reset) this.reinit(saved.status, saved.bases); else this.resumeWithOwnEventfds();
+    this.notifyAll();
+  }
+
+  /** A suspended device that kept its rings: point kick/call at this process's eventfds, RESUME. */
+  private resumeWithOwnEventfds(): void {
+    for (const i of this.readyQueues()) {
       vhost.setVringKick(this.fd, i, this.kick[i]);
       vhost.setVringCall(this.fd, i, this.call[i]);
-    });
+    }
     vhost.resume(this.fd);
-    this.notifyAll();
+  }
+
+  /** Queues the driver made ready that the device has. */
+  private readyQueues(): number[] {
+    return this.transport.queues.flatMap((q, i) => (q.ready && i < this.vqs ? [i] : []));
   }
 
   /** The fd to keep across exec: only on the fast path. The fallback lets it close (that releases the device). */
@@ -277,14 +286,7 @@ export class VhostVdpa implements VirtioBackend {
         // The device kept its state: a running one gets new eventfds and RESUME; one the driver
         // had not started yet (status < DRIVER_OK) carries on where it was.
         dev.deviceStatus = s.status;
-        if (s.status & S.DRIVER_OK) {
-          dev.transport.queues.forEach((q, i) => {
-            if (!q.ready || i >= dev!.vqs) return;
-            vhost.setVringKick(dev!.fd, i, dev!.kick[i]);
-            vhost.setVringCall(dev!.fd, i, dev!.call[i]);
-          });
-          vhost.resume(dev.fd);
-        }
+        if (s.status & S.DRIVER_OK) dev.resumeWithOwnEventfds();
       } else {
         dev.reinit(s.status, s.bases); // a reset or a fresh open: walk the status back up
       }
@@ -306,11 +308,10 @@ export class VhostVdpa implements VirtioBackend {
   /** After the vCPUs resume: one kick per queue and one interrupt, for notifications lost in the pause. */
   notifyAll(): void {
     const one = Buffer.alloc(8); one.writeBigUInt64LE(1n);
-    this.transport.queues.forEach((q, i) => {
-      if (!q.ready || i >= this.vqs) return;
+    for (const i of this.readyQueues()) {
       writeSync(this.kick[i], one);
       writeSync(this.call[i], one);
-    });
+    }
   }
 
   /** Releases the device (the last close resets it and drops its mappings) and our eventfds. */

@@ -18,7 +18,7 @@ export interface VirtioBackend {
   queueMax(i: number): number;
   readConfig(offset: number, len: number): Buffer;
   /** The driver wrote `status`; returns the status the device now holds (FEATURES_OK may be refused). */
-  setStatus(status: number, driverFeatures: bigint, queues: QueueRegs[]): number;
+  setStatus(status: number, driverFeatures: bigint): number;
 }
 
 export interface VirtioMmioState {
@@ -96,14 +96,14 @@ export class VirtioMmio {
 
   private writeStatus(status: number): void {
     if (status === 0) {
-      this.backend.setStatus(0, 0n, this.queues);
+      this.backend.setStatus(0, 0n);
       this.status = 0;
       this.driverFeatures = 0n;
       this.deviceFeaturesSel = this.driverFeaturesSel = this.queueSel = 0;
       this.resetQueues();
       return;
     }
-    this.status = this.backend.setStatus(status, this.driverFeatures, this.queues);
+    this.status = this.backend.setStatus(status, this.driverFeatures);
   }
 
   save(): VirtioMmioState {

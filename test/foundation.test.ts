@@ -98,7 +98,7 @@ describeWith(['kvm'], 'a corrupt CPR state blob is rejected by the new image', (
   const valid: CprState = {
     machine: { config: { guest: '/x', memory: 2 ** 24, smp: 1, serial: 'stdio', cmdline: '', qmp: null, logLevel: 'info', vdpa: [] }, cpuid: Buffer.alloc(8), memory: [{ name: 'ram-low', gpa: 0, size: 2 ** 24 }], vcpus: [], irqchip: { picMaster: Buffer.alloc(520), picSlave: Buffer.alloc(520), ioapic: Buffer.alloc(520) }, pit: Buffer.alloc(112), devices: { serial: [] } },
     fds: [{ name: 'ram', id: 0, fd: 99 }],
-    update: { n: 1, mode: 'cpr-exec', t: { pauseStart: 0n, paused: 0n, saved: 0n, execStart: 0n }, history: [] },
+    update: { n: 1, mode: 'cpr-exec', t: { pauseStart: 0n, paused: 0n }, history: [] },
   };
   const blobs: [string, Buffer, RegExp][] = [
     ['garbage', Buffer.from('this is not a state blob at all........'), /bad magic/],

@@ -33,7 +33,7 @@ export function plausibleState(opts: { smp?: number; memory?: number; vdpa?: boo
       devices: { serial: [0, 0, 3, 0, 0, 0x60, 0, 0] },
     },
     fds,
-    update: { n: 3, mode: 'cpr-exec', t: { pauseStart: 1000n, paused: 2000n, saved: 3000n, execStart: 4000n }, history: [{ n: 1, downtime: 12.5, path: 'none', phases: { pause: 0.1, save: 0.4 } }] },
+    update: { n: 3, mode: 'cpr-exec', t: { pauseStart: 1000n, paused: 2000n }, history: [{ n: 1, downtime: 12.5, path: 'none', phases: { pause: 0.1, save: 0.4 } }] },
   };
   if (opts.vdpa) {
     fds.push({ name: 'vdpa', id: 0, fd: 31 });
