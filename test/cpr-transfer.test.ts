@@ -36,7 +36,7 @@ async function flowsClean(v: MovingVm, mark: number): Promise<void> {
 describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
   it('moves a running guest and its vdpa devices to a pre-started process', async () => {
     vm = new MovingVm(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk']);
-    await vm.waitFor(/^net sent=/m, 60_000);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
     for (let i = 0; i < 3; i++) {
       const old = vm.current;
       const mark = vm.out.length;
@@ -54,7 +54,7 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
 
   it('rolls back when the new process crashes before acknowledging: no frame lost, the guest stays', async () => {
     vm = new MovingVm(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk,pa']);
-    await vm.waitFor(/^net sent=/m, 60_000);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
     const old = vm.current;
     const mark = vm.out.length;
     const { r, child } = await transfer(vm, { ...process.env, MINIVMM_INJECT: 'new-process-crash' });
@@ -72,7 +72,7 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
 
   it('rolls back when the new process goes silent (stopped): it is killed, the guest stays', async () => {
     vm = new MovingVm(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', 'sim:net']);
-    await vm.waitFor(/^net sent=/m, 60_000);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
     const { sock, child } = await vm.prepareIncoming();
     child.kill('SIGSTOP');
     const mark = vm.out.length;
@@ -98,7 +98,7 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
 
   it('soak: 50 updates alternating cpr-exec and cpr-transfer under traffic, va and pa devices', async () => {
     vm = new MovingVm(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net,pa', '--vdpa', 'sim:blk']);
-    await vm.waitFor(/^net sent=/m, 60_000);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
     let fds0: string[] = [];
     for (let i = 1; i <= 50; i++) {
       const mark = vm.out.length;

@@ -63,7 +63,25 @@ export class VmProcess {
 
   fdCount(): number { return readdirSync(`/proc/${this.pid}/fd`).length; }
 
-  async kill(): Promise<void> { if (this.child.exitCode === null) { this.child.kill('SIGKILL'); await this.exited; } }
+  /** Ends the VM: `quit` first, so it stops the device daemon it started; SIGKILL if that fails. */
+  async kill(): Promise<void> {
+    if (this.child.exitCode !== null) return;
+    await quitOrKill(this.qmpPath, [this.child]);
+    await this.exited;
+  }
+}
+
+/** Asks the VM to quit over QMP (it then stops its device daemon), then SIGKILLs what is left. */
+async function quitOrKill(qmpPath: string, procs: ChildProcess[]): Promise<void> {
+  const alive = () => procs.filter((c) => c.exitCode === null && c.signalCode === null);
+  try {
+    const c = await Promise.race([QmpConnection.connect(qmpPath, 2000), new Promise<never>((_, rej) => setTimeout(() => rej(new Error('timeout')), 2000))]);
+    await c.execute('quit', undefined, 2000).catch(() => undefined);
+    c.close();
+    const deadline = Date.now() + 3000;
+    while (alive().length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  } catch { /* no monitor: kill */ }
+  for (const c of alive()) c.kill('SIGKILL');
 }
 
 /** Counter values printed by the `counter` guest, in order. */
@@ -146,7 +164,7 @@ export class MovingVm {
   }
 
   async killAll(): Promise<void> {
-    for (const c of this.processes) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    await quitOrKill(this.qmpPath, this.processes);
     await Promise.all(this.processes.map((c) => (c.exitCode !== null || c.signalCode !== null ? null : new Promise((r) => c.once('close', r)))));
   }
 }

@@ -41,7 +41,7 @@ async function trafficFlows(v: VmProcess, mark: number): Promise<void> {
 
 async function soak(args: string[], updates: number): Promise<void> {
   vm = await VmProcess.start(['--memory', '1G', '--log-level', 'warn', ...args]);
-  await vm.waitFor(/^net sent=/m, 60_000);
+  await vm.waitFor(/^net sent=.*\n/m, 60_000);
   const daemon = await daemonOf(vm);
   // Counted after a short settle: a monitor connection that just closed may still be open here.
   const snapshot = async () => {
@@ -83,7 +83,7 @@ describeWith(['kvm', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
 
   it('a device without NEW_OWNER takes the fallback path, reported, and traffic survives', async () => {
     vm = await VmProcess.start(['--guest', 'netloop', '--memory', '1G', '--log-level', 'warn', '--vdpa', 'sim:net,no-new-owner']);
-    await vm.waitFor(/^net sent=/m, 60_000);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
     for (let i = 0; i < 3; i++) {
       const mark = vm.stdout.length;
       const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
@@ -98,7 +98,7 @@ describeWith(['kvm', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
 
   it('a failure after exec and before NEW_OWNER: clear message, exit, the device left unowned and usable', async () => {
     vm = await VmProcess.start(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', 'sim:net']);
-    await vm.waitFor(/^net sent=/m, 60_000);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
     const daemon = await daemonOf(vm);
     daemonToStop = daemon; // the VM dies without stopping it
     const argv = ['/usr/bin/env', 'MINIVMM_INJECT=fail-before-new-owner', process.execPath, ...vm.child.spawnargs.slice(1)];

@@ -67,7 +67,7 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
       await new Promise((r) => setTimeout(r, 25));
     }
   };
-  const progress = guest === 'counter' ? /^counter /m : /^(net sent|blk written)=/m;
+  const progress = guest === 'counter' ? /^counter /m : /^(net sent|blk written)=.*\n/m;
   try {
     say(`minivmm demo: guest ${guest}, ${o.memory} RAM, devices ${o.vdpa.join(' ') || '(none)'}, ${o.updates} live updates by ${mode}${o.inject ? `, injecting ${o.inject} in update 1` : ''}\n`);
     await waitOutput(0, progress, 60_000);
