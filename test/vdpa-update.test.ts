@@ -4,9 +4,9 @@ import { describeWith } from './facility.js';
 import { VmProcess, tempDir } from './harness.js';
 import { runUpdate } from '../vmm/update.js';
 import { parseStats } from '../vmm/demo.js';
-import { readDaemonStatus, stopVdpaDaemon } from '../devices/vdpa/launch.js';
+import { injectVdpaFault, readDaemonStatus, stopVdpaDaemon } from '../devices/vdpa/launch.js';
 
-type Update = { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; devices: { index: number; path: string }[] } };
+type Update = { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; devices: { index: number; path: string; note?: string }[] } };
 
 let vm: VmProcess | undefined;
 let daemonToStop: { pid: number; dir: string } | undefined;
@@ -113,5 +113,39 @@ describeWith(['kvm', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
     const again = await VmProcess.start(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', `${daemon.dir}/vhost-vdpa-0`], tempDir());
     vm = again;
     await again.waitFor(/^net sent=\d+ received=[1-9]/m, 60_000);
+  }, 120_000);
+
+  // NEW_OWNER or REMAP failing after exec (spec §4.3): the device is released (fd closed) and the
+  // slow path re-acquires it; the update completes, says why, and no frame is lost.
+  const faults: [string, 'new-owner' | 'remap', string, RegExp][] = [
+    ['sim:net,va', 'new-owner', 'EOPNOTSUPP', /VHOST_NEW_OWNER.*EOPNOTSUPP/],
+    ['sim:net,va', 'new-owner', 'EBUSY', /VHOST_NEW_OWNER.*EBUSY/],
+    ['sim:net,pa', 'new-owner', 'ENOMEM', /VHOST_NEW_OWNER.*ENOMEM/],
+    ['sim:net,va', 'remap', 'EINVAL', /IOTLB.*EFAULT/], // a handler error reaches write() as EFAULT
+  ];
+  it.each(faults)('%s: %s failing with %s after exec falls back, reported, no loss, and the next update is fast again', async (spec, op, errno, said) => {
+    vm = await VmProcess.start(['--guest', 'netloop', '--memory', '512M', '--log-level', 'warn', '--vdpa', spec]);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
+    const daemon = await daemonOf(vm);
+    const name = readDaemonStatus(daemon.dir).devices[0].name;
+    injectVdpaFault(daemon.dir, name, op, errno);
+    let mark = vm.stdout.length;
+    const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
+    expect(r.status, r['error-desc']).toBe('completed');
+    expect(r.cpr.devices[0].path).toBe('fallback');
+    expect(r.cpr.devices[0].note).toMatch(said);
+    expect(r.cpr.devices[0].note).toMatch(/released and re-acquired by the slow path/);
+    const dev = readDaemonStatus(daemon.dir).devices[0];
+    expect(dev.counters.injected).toBe(1);
+    expect(dev.owner?.pid).toBe(vm.child.pid);
+    expect(dev.open).toBe(true);
+    await trafficFlows(vm, mark);
+    mark = vm.stdout.length;
+    const again = await runUpdate(vm.qmpPath, null, 30_000) as Update;
+    expect(again.status).toBe('completed');
+    expect(again.cpr.devices[0].path).toBe('new-owner');
+    await trafficFlows(vm, mark);
+    const s = parseStats(vm.stdout).net!;
+    expect({ lost: s.lost, duplicated: s.duplicated, corrupt: s.corrupt }).toEqual({ lost: 0, duplicated: 0, corrupt: 0 });
   }, 120_000);
 });

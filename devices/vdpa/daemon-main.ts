@@ -2,10 +2,10 @@
 //   node dist/devices/vdpa/daemon-main.js --dir DIR
 //        --device NAME=TYPE,DMA[,no-new-owner][,remapLagsOutsideBatch][,newOwnerRlimitBeforeBusy] [--device ...]
 //        [--pin-cost-ms-per-gib N] [--memlock-limit BYTES]
-// TYPE is net or blk, DMA is va or pa. Mounts a FUSE file system at DIR with one file per device
-// and a read-only `status` file, prints `ready` on stdout once the kernel has initialised the
-// mount, and runs until SIGTERM/SIGINT (then unmounts, lazily if busy, and exits 0). A stale
-// mount left by a killed daemon ("Transport endpoint is not connected") is detached first.
+// TYPE is net or blk, DMA is va or pa. Mounts a FUSE file system at DIR with one file per device,
+// a read-only `status` file and a root-only `faults` file (fault injection, see worker.ts), prints
+// `ready` on stdout once the kernel has initialised the mount, and runs until SIGTERM/SIGINT (then
+// unmounts, lazily if busy, and exits 0). A stale mount left by a killed daemon ("Transport endpoint is not connected") is detached first.
 import { Worker } from 'node:worker_threads';
 import { mkdirSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { close, eventfd, EFD_CLOEXEC, umount2, MNT_DETACH, write as sysWrite } from '../../src/libc.js';
@@ -35,7 +35,7 @@ export function parseArgs(argv: string[]): { dir: string; devices: DeviceSpec[];
   if (!devices.length) throw new Error('at least one --device is required');
   const names = new Set<string>();
   for (const d of devices) {
-    if (d.name === 'status' || names.has(d.name)) throw new Error(`duplicate or reserved device name ${d.name}`);
+    if (d.name === 'status' || d.name === 'faults' || names.has(d.name)) throw new Error(`duplicate or reserved device name ${d.name}`);
     names.add(d.name);
   }
   return { dir, devices, pinCostMsPerGib };

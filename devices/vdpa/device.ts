@@ -47,6 +47,16 @@ const freshVq = (): VhostVq => ({ num: 1, desc: 0n, avail: 0n, used: 0n, lastAva
 
 export interface IoctlRequest { tid: number; cmd: number; arg: bigint; in: Buffer; outSize: number }
 
+/**
+ * Fault injection, after the kernel's fail_function: the next `times` calls of `op` fail with
+ * `errno` at their entry, before any check, and change nothing (armed through the daemon's
+ * `faults` file; test use only). A REMAP or UPDATE failure, being an IOTLB handler error, reaches
+ * the caller of write() as EFAULT, as every handler error does (§3.7).
+ */
+export const FAULT_OPS = ['new-owner', 'remap', 'update'] as const;
+export type FaultOp = typeof FAULT_OPS[number];
+export interface Fault { errno: keyof typeof E; times: number }
+
 export class VdpaDevice {
   readonly sim: SimDevice;
   readonly useVa: boolean;
@@ -65,7 +75,8 @@ export class VdpaDevice {
   inBatch = false;
   batchAsid = 0;
   pinnedPages = 0; // device pinned count (patch 1/7), summed over address spaces
-  readonly counters = { opens: 0, releases: 0, ioctls: 0, writes: 0, errors: 0, errnos: {} as Record<string, number> };
+  readonly counters = { opens: 0, releases: 0, ioctls: 0, writes: 0, errors: 0, injected: 0, errnos: {} as Record<string, number> };
+  readonly faults = new Map<FaultOp, Fault>();
   private readonly dmas = new Map<number, Dma>();
 
   constructor(readonly spec: DeviceSpec, private readonly host: DeviceHost) {
@@ -384,9 +395,20 @@ export class VdpaDevice {
     throw err('ENOTTY'); // -ENOIOCTLCMD
   }
 
+  /** Throws the armed fault for `op`, if any (see FAULT_OPS). */
+  private failIfInjected(op: FaultOp): void {
+    const f = this.faults.get(op);
+    if (!f) return;
+    if (--f.times <= 0) this.faults.delete(op);
+    this.counters.injected++;
+    this.host.log(`${this.spec.name}: injected ${f.errno} into ${op}`);
+    throw err(f.errno, `injected into ${op}`);
+  }
+
   // ---------------------------------------------------------------- VHOST_NEW_OWNER (§3.10)
 
   private newOwner(tid: number): void {
+    this.failIfInjected('new-owner');
     if (!(this.advertised & BACKEND_F.NEW_OWNER)) throw err('EOPNOTSUPP');
     if (!this.owner) throw err('EINVAL');
     const c = this.caller(tid);
@@ -449,6 +471,7 @@ export class VdpaDevice {
   private pushUnlessBatch(as: AddressSpace): void { if (!this.inBatch) as.push(); }
 
   private update(as: AddressSpace, iova: bigint, size: bigint, uaddr: bigint, perm: number): void {
+    this.failIfInjected('update');
     if (iova < 0n || size === 0n || iova > U64_MAX - size + 1n || iova + size - 1n > U64_MAX) throw err('EINVAL');
     const last = iova + size - 1n;
     if (as.intersecting(iova, last).length) throw err('EEXIST');
@@ -516,6 +539,7 @@ export class VdpaDevice {
   // ---------------------------------------------------------------- VHOST_IOTLB_REMAP (§3.11)
 
   private remap(as: AddressSpace, iova: bigint, size: bigint, uaddr: bigint, perm: number): void {
+    this.failIfInjected('remap');
     if (perm !== 0 || size === 0n) throw err('EINVAL');
     if (!(this.advertised & BACKEND_F.IOTLB_REMAP)) throw err('EOPNOTSUPP');
     const last = (iova + size - 1n) & U64_MAX;
@@ -557,6 +581,7 @@ export class VdpaDevice {
       pinnedPages: this.pinnedPages,
       counters: { ...this.counters, ...sim.counters },
       lastRingError: sim.lastRingError,
+      faults: Object.fromEntries(this.faults),
     };
   }
 }

@@ -2,7 +2,7 @@
 // The daemon runs detached (own session), so it outlives the caller's exec; it stays killable by
 // pid, and stop() works from any process that knows the pid and directory.
 import { spawn } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -40,9 +40,11 @@ export interface DeviceStatus {
   pinnedPages: number;
   counters: {
     opens: number; releases: number; ioctls: number; writes: number; errors: number; errnos: Record<string, number>;
-    framesLooped: number; framesDropped: number; blocksRead: number; blocksWritten: number; ringErrors: number; calls: number; kicks: number;
+    injected: number; framesLooped: number; framesDropped: number; blocksRead: number; blocksWritten: number; ringErrors: number; calls: number; kicks: number;
   };
   lastRingError: string | null;
+  /** Armed fault injections, by operation. */
+  faults: Record<string, { errno: string; times: number }>;
 }
 export interface DaemonStatus {
   pid: number; dir: string; pinCostMsPerGib: number;
@@ -79,6 +81,11 @@ export function daemonArgs(o: StartVdpaOptions): string[] {
   if (o.pinCostMsPerGib !== undefined) args.push('--pin-cost-ms-per-gib', String(o.pinCostMsPerGib));
   if (o.memlockLimit !== undefined) args.push('--memlock-limit', String(o.memlockLimit));
   return args;
+}
+
+/** Arms fault injection: the next `times` calls of `op` on `device` fail with `errno` (daemon's `faults` file). */
+export function injectVdpaFault(dir: string, device: string, op: 'new-owner' | 'remap' | 'update', errno: string, times = 1): void {
+  writeFileSync(join(dir, 'faults'), `${device} ${op} ${errno} ${times}\n`);
 }
 
 export const readDaemonStatus = (dir: string): DaemonStatus => JSON.parse(readFileSync(join(dir, 'status'), 'utf8')) as DaemonStatus;

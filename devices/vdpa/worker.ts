@@ -6,7 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { constants } from 'node:os';
 import { epollCreate, epollDel, epollWait } from './sys.js';
 import { FuseServer, ROOT, type FuseFile, type FuseFs, type IoctlIn } from './fuse.js';
-import { Errno, VdpaDevice, type DeviceSpec, type DeviceHost } from './device.js';
+import { Errno, VdpaDevice, FAULT_OPS, type DeviceSpec, type DeviceHost, type FaultOp, type Fault } from './device.js';
 import { PinLedger } from './iotlb.js';
 import { epollAddFlags } from './sys.js';
 
@@ -42,12 +42,31 @@ const host: DeviceHost = {
 const kickFds = new Map<number, number>();
 const devices = cfg.devices.map((s) => new VdpaDevice(s, host));
 
-// inode numbers: root 1, devices 2.., status last
+// inode numbers: root 1, devices 2.., then status and faults
 const files: FuseFile[] = [
   ...devices.map((d, i) => ({ name: d.spec.name, ino: 2 + i, mode: 0o600 })),
   { name: 'status', ino: 2 + devices.length, mode: 0o444 },
+  { name: 'faults', ino: 3 + devices.length, mode: 0o600 },
 ];
-const STATUS_INO = 2 + devices.length;
+const STATUS_INO = 2 + devices.length, FAULTS_INO = 3 + devices.length;
+
+/**
+ * The `faults` file arms fault injection (see FAULT_OPS in device.ts), one line per fault:
+ * `DEVICE OP ERRNO [TIMES]` (TIMES default 1), or `DEVICE OP off`. A bad line fails the write
+ * with EINVAL and arms nothing.
+ */
+function armFaults(text: string): void {
+  const armed: [VdpaDevice, FaultOp, Fault | null][] = [];
+  for (const line of text.split('\n').map((l) => l.trim()).filter(Boolean)) {
+    const [name, op, errno, times = '1', ...rest] = line.split(/\s+/);
+    const d = devices.find((x) => x.spec.name === name);
+    const ok = d && (FAULT_OPS as readonly string[]).includes(op) && !rest.length &&
+      (errno === 'off' || (/^E[A-Z0-9]+$/.test(errno ?? '') && errno in E && /^[1-9]\d{0,6}$/.test(times)));
+    if (!ok) { log(`faults: bad line '${line.slice(0, 80)}'`); throw new Errno(E.EINVAL); }
+    armed.push([d!, op as FaultOp, errno === 'off' ? null : { errno: errno as Fault['errno'], times: Number(times) }]);
+  }
+  for (const [d, op, f] of armed) { if (f) d.faults.set(op, f); else d.faults.delete(op); }
+}
 const statusSnapshots = new Map<number, Buffer>();
 let statusFh = 0;
 
@@ -77,12 +96,17 @@ const fs: FuseFs = {
       return statusFh;
     }
     if (ino === ROOT) throw new Errno(E.EISDIR);
+    if (ino === FAULTS_INO) return 0;
     return devOf(ino).open();
   },
   read(ino, fh, offset, size, flags) {
     if (ino === STATUS_INO) {
       const s = statusSnapshots.get(fh) ?? Buffer.alloc(0);
       return s.subarray(offset, offset + size);
+    }
+    if (ino === FAULTS_INO) {
+      const armed = Object.fromEntries(devices.map((d) => [d.spec.name, Object.fromEntries(d.faults)]));
+      return Buffer.from(`${JSON.stringify(armed)}\n`).subarray(offset, offset + size);
     }
     devOf(ino);
     // vhost_chr_read_iter: IOTLB miss messages; vdpa produces none.
@@ -91,18 +115,20 @@ const fs: FuseFs = {
   },
   write(ino, fh, data, tid) {
     if (ino === STATUS_INO) throw new Errno(E.EBADF);
+    if (ino === FAULTS_INO) { armFaults(data.toString('utf8')); return data.length; }
     const d = devOf(ino);
     if (fh !== d.fh || !d.opened) throw new Errno(E.EBADF);
     return count(d, () => d.write(tid, data));
   },
   ioctl(ino, fh, req: IoctlIn) {
-    if (ino === STATUS_INO) throw new Errno(E.ENOTTY);
+    if (ino === STATUS_INO || ino === FAULTS_INO) throw new Errno(E.ENOTTY);
     const d = devOf(ino);
     if (fh !== d.fh || !d.opened) throw new Errno(E.EBADF);
     return count(d, () => d.ioctl(req));
   },
   release(ino, fh) {
     if (ino === STATUS_INO) { statusSnapshots.delete(fh); return; }
+    if (ino === FAULTS_INO) return;
     const d = devOf(ino);
     if (fh === d.fh) d.release();
   },
