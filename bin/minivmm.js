@@ -5,9 +5,13 @@ const entryTime = process.hrtime.bigint();
 // Each running vCPU holds a libuv pool thread in KVM_RUN: room for 4 vCPUs beside Node's own 4.
 process.env.UV_THREADPOOL_SIZE ??= '8';
 if (process.env.MINIVMM_CPR_STATE !== undefined) {
+  // From the first statement: a signal must not kill an image that is restoring a guest (Node
+  // resets signal dispositions at start-up, so nothing set before the exec survives it).
+  const early = { got: [], forward: undefined }; // vmm/vmm.ts EarlySignals
+  for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => (early.forward ? early.forward(sig) : early.got.push(sig)));
   try {
     const { incoming } = await import('../dist/cpr/incoming.bundle.js'); // tools/bundle.mjs
-    await incoming(entryTime);
+    await incoming(entryTime, early);
   } catch (e) {
     process.stderr.write(`minivmm: cannot restore the VM after exec: ${e instanceof Error ? e.message : String(e)}\n`);
     process.exit(1);

@@ -91,6 +91,11 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
   try {
     stateFd = saveForUpdate(vmm, 'cpr-exec', t, kept, prepared);
     const saved = now();
+    // Let a SIGTERM/SIGINT that came while the devices quiesced reach its handler (libuv queues
+    // it for the event loop, which execve would discard; two turns make sure one poll phase runs),
+    // and cancel the update for it: the VM is to end, and this image can end it cleanly.
+    for (let turn = 0; turn < 2; turn++) await new Promise((r) => setImmediate(r));
+    if (vmm.pendingSignal) throw new Error(`cancelled by ${vmm.pendingSignal}`);
     for (const fd of [0, 1, 2, stateFd, ...kept.map((k) => k.fd)]) {
       if (isCloexec(fd)) { setCloexec(fd, false); restoreCloexec.push(fd); }
     }
@@ -109,6 +114,7 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
     vmm.migration = { status: 'failed', error: reason, last: vmm.migration.last };
     qmp?.event('MIGRATION', { status: 'failed' });
     (await log()).error({ err: reason }, `live update failed, guest resumed: ${reason}`);
+    vmm.settle();
   }
 }
 

@@ -7,7 +7,7 @@ import { GuestMemory } from '../src/memory.js';
 import { Machine, type VmShell } from '../vmm/machine.js';
 import { decodeState, findFd, type CprState } from './state.js';
 import { STATE_ENV, TIMES_ENV } from './exec.js';
-import { Vmm, VERSION, type UpdateResult } from '../vmm/vmm.js';
+import { Vmm, VERSION, recordSignals, type UpdateResult, type EarlySignals } from '../vmm/vmm.js';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
 import { stopDaemon } from '../vmm/vdpa.js';
 import { MIGRATORS, restoreEnv } from './exec.js';
@@ -38,8 +38,11 @@ export interface Handoff {
   loaded: bigint; // this image: modules loaded
 }
 
-/** cpr-exec: the state memfd named in the environment. */
-export async function incoming(entryTime: bigint): Promise<Vmm> {
+/**
+ * cpr-exec: the state memfd named in the environment. `early`: signals recorded since the entry
+ * point's first statement (bin/minivmm.js).
+ */
+export async function incoming(entryTime: bigint, early: EarlySignals = recordSignals()): Promise<Vmm> {
   const loaded = process.hrtime.bigint();
   const fdText = process.env[STATE_ENV]!;
   const [saved, execT0] = (process.env[TIMES_ENV] ?? '').split(',').map((x) => (/^\d+$/.test(x) ? BigInt(x) : entryTime));
@@ -49,7 +52,7 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
   if (!Number.isInteger(stateFd) || stateFd < 0) throw new Error(`${STATE_ENV}=${fdText} does not name an fd`);
   let state: CprState;
   try { state = decodeState(readStateBlob(stateFd)); } finally { try { close(stateFd); } catch { /* already closed */ } }
-  return restoreVm(state, { mode: 'cpr-exec', saved: saved ?? entryTime, sent: execT0 ?? entryTime, arrived: entryTime, loaded });
+  return restoreVm(state, { mode: 'cpr-exec', saved: saved ?? entryTime, sent: execT0 ?? entryTime, arrived: entryTime, loaded }, { signals: early });
 }
 
 /**
@@ -57,7 +60,7 @@ export async function incoming(entryTime: bigint): Promise<Vmm> {
  * `beforeResume` runs after every device is restored and before the vCPUs run (a transfer's
  * last point of no return); `afterResume` right after they run.
  */
-export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResume?: () => void; afterResume?: () => void; shell?: VmShell } = {}): Promise<Vmm> {
+export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResume?: () => void; afterResume?: () => void; shell?: VmShell; signals?: EarlySignals } = {}): Promise<Vmm> {
   const t = { decoded: process.hrtime.bigint(), vm: 0n, devices: 0n, resumed: 0n };
   const vmm = new Vmm(MIGRATORS);
   const { machine: ms0, fds } = state;
@@ -124,8 +127,8 @@ export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResu
     vmm.qmp!.event('RESUME');
     vmm.qmp!.event('MIGRATION', { status: 'completed' });
   }
-  vmm.handleSignals();
   setLogLevel(ms0.config.logLevel);
   await vmm.logUpdate(result);
+  vmm.handleSignals(hooks.signals);
   return vmm;
 }

@@ -15,7 +15,7 @@ import { keptFds, saveForUpdate } from './exec.js';
 import { readStateBlob, restoreVm } from './incoming.js';
 import { log } from '../vmm/log.js';
 import { Machine } from '../vmm/machine.js';
-import type { Vmm } from '../vmm/vmm.js';
+import { recordSignals, type Vmm } from '../vmm/vmm.js';
 import type { VhostVdpa, VdpaState } from '../devices/vhost-vdpa.js';
 
 const MAGIC = 'minivmm-cpr-transfer', VERSION = 1;
@@ -32,6 +32,7 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
     vmm.migration = { status: 'failed', error: reason, rolledBack, last: vmm.migration.last };
     qmp?.event('MIGRATION', { status: 'failed' });
     (await log()).error({ err: reason, rolled_back: rolledBack ?? false }, `cpr-transfer failed: ${reason}`);
+    vmm.settle();
   };
   await loadEncoder();
   // Only devices that can change owner while both processes live can be transferred.
@@ -64,6 +65,8 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
     const answer = (await recvWithFds(sock, 256, 0)).data.toString();
     if (answer === 'ready') {
       write('cpr-transfer commit', sock, Buffer.from('commit'));
+      // A SIGTERM/SIGINT that came during the transfer was meant for the VM, which lives there now.
+      if (vmm.pendingSignal) { try { process.kill(peer, vmm.pendingSignal); } catch { /* gone */ } }
       // The guest is the new process's now: leave without touching anything shared (no daemon
       // stop, no socket unlink, no device release: the new process holds the same files).
       process.exit(0);
@@ -116,6 +119,8 @@ export async function incomingTransfer(path: string, smp: number): Promise<Vmm> 
   try { unlinkSync(path); } catch { /* gone */ }
   const { data, fds } = await recvWithFds(conn, 4096, 250);
   const arrived = now();
+  // From here this process holds the guest's fds: a signal must not kill it half-way.
+  const early = recordSignals();
   let state: CprState;
   let header: Header;
   try {
@@ -131,7 +136,7 @@ export async function incomingTransfer(path: string, smp: number): Promise<Vmm> 
     throw e;
   }
   return restoreVm(state, { mode: 'cpr-transfer', saved: BigInt(header.saved), sent: BigInt(header.sent), arrived, loaded: arrived }, {
-    shell,
+    shell, signals: early,
     beforeResume: () => {
       write('cpr-transfer ready', conn, Buffer.from('ready'));
       // Block until the old process commits (or exits, which also closes the socket). An abort

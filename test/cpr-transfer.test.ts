@@ -1,7 +1,9 @@
 // cpr-transfer: the state and fds go to a pre-started process; rollback when it fails.
 import { afterEach, expect, it } from 'vitest';
+import { existsSync } from 'node:fs';
 import { describeWith } from './facility.js';
-import { MovingVm } from './harness.js';
+import { MovingVm, within } from './harness.js';
+import { alive } from '../devices/vdpa/launch.js';
 import { runUpdate } from '../vmm/update.js';
 import { parseStats } from '../vmm/demo.js';
 
@@ -110,4 +112,28 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
     await new Promise((res) => setTimeout(res, 300));
     expect(vm.fdTargets()).toEqual(fds0); // same kinds of fds, same number: nothing leaks
   }, 400_000);
+
+  it('SIGTERM to the old process during a transfer: the transfer completes and the new process ends the VM cleanly', async () => {
+    vm = new MovingVm(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', 'sim:net']);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
+    const c = await (await import('../vmm/qmp.js')).QmpConnection.connect(vm.qmpPath);
+    const daemon = (await c.execute('x-query-vdpa') as { daemon: { pid: number; dir: string } }).daemon;
+    c.close();
+    const old = vm.current;
+    const { sock, child } = await vm.prepareIncoming();
+    child.kill('SIGSTOP'); // the old process waits for its `ready`
+    const update = runUpdate(vm.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}` }).catch((e: Error) => ({ status: `monitor gone: ${e.message}` }));
+    await new Promise((r) => setTimeout(r, 500));
+    old.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(old.exitCode).toBeNull(); // still waiting: the signal is held
+    child.kill('SIGCONT');
+    await update;
+    const code = (p: typeof old) => new Promise((r) => (p.exitCode !== null ? r(p.exitCode) : p.once('close', (x) => r(x))));
+    expect(await within(code(old), 20_000, 'the old process exits')).toBe(0); // handed over, then left
+    expect(await within(code(child), 20_000, 'the new process exits')).toBe(143); // restored, then ended on the forwarded signal
+    expect(vm.err, vm.err).toMatch(/SIGTERM: shutting down the VM after live update 1/);
+    expect(alive(daemon.pid)).toBe(false); // the new process stopped the daemon
+    expect(existsSync(`${daemon.dir}/vhost-vdpa-0`)).toBe(false); // and its mount is gone
+  }, 120_000);
 });

@@ -168,3 +168,10 @@ export class MovingVm {
     await Promise.all(this.processes.map((c) => (c.exitCode !== null || c.signalCode !== null ? null : new Promise((r) => c.once('close', r)))));
   }
 }
+
+/** `p`, or a failure naming `what` after `ms` (a test must fail, not hang). */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([p, new Promise<T>((_, rej) => { timer = setTimeout(() => rej(new Error(`${what}: not within ${ms} ms`)), ms); })])
+    .finally(() => clearTimeout(timer));
+}

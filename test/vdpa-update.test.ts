@@ -1,10 +1,11 @@
 // vhost-vdpa devices in guests, kept across cpr-exec: NEW_OWNER + REMAP, the fallback, failures.
 import { afterEach, expect, it } from 'vitest';
+import { existsSync, readFileSync } from 'node:fs';
 import { describeWith } from './facility.js';
-import { VmProcess, tempDir } from './harness.js';
+import { VmProcess, tempDir, within } from './harness.js';
 import { runUpdate } from '../vmm/update.js';
 import { parseStats } from '../vmm/demo.js';
-import { injectVdpaFault, readDaemonStatus, stopVdpaDaemon } from '../devices/vdpa/launch.js';
+import { alive, injectVdpaFault, readDaemonStatus, stopVdpaDaemon } from '../devices/vdpa/launch.js';
 
 type Update = { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; devices: { index: number; path: string; note?: string }[] } };
 
@@ -147,5 +148,44 @@ describeWith(['kvm', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
     await trafficFlows(vm, mark);
     const s = parseStats(vm.stdout).net!;
     expect({ lost: s.lost, duplicated: s.duplicated, corrupt: s.corrupt }).toEqual({ lost: 0, duplicated: 0, corrupt: 0 });
+  }, 120_000);
+});
+
+/** The daemon process is gone and its mount with it (the VM stopped it on the way out). */
+function daemonStopped(d: { pid: number; dir: string }): boolean {
+  const mounted = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === d.dir);
+  return !alive(d.pid) && !mounted;
+}
+
+describeWith(['kvm', 'fuse', 'root'], 'SIGTERM during a cpr-exec update', () => {
+  it('before the exec: the update is cancelled and the old image ends the VM cleanly', async () => {
+    vm = await VmProcess.start(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', 'sim:net']);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
+    const daemon = await daemonOf(vm);
+    injectVdpaFault(daemon.dir, 'vhost-vdpa-0', 'suspend', 'delay:1500'); // a slow device quiesce
+    const update = runUpdate(vm.qmpPath, null, 30_000).catch((e: Error) => ({ status: `monitor gone: ${e.message}` }));
+    await new Promise((r) => setTimeout(r, 500));
+    vm.child.kill('SIGTERM');
+    expect(await within(vm.exited, 20_000, 'the VM exits')).toBe(143);
+    await update;
+    expect(vm.stderr).toMatch(/SIGTERM during a live update: the VM shuts down once the update settles/);
+    expect(vm.stderr).toMatch(/cancelled by SIGTERM/);
+    expect(daemonStopped(daemon)).toBe(true);
+    expect(existsSync(vm.qmpPath)).toBe(false);
+  }, 120_000);
+
+  it('while the new image restores: it finishes the restore, then ends the VM cleanly', async () => {
+    // The slow path with a 3 s re-pin keeps the new image busy restoring when the signal comes.
+    vm = await VmProcess.start(['--guest', 'netloop', '--memory', '1G', '--log-level', 'warn', '--vdpa', 'sim:net,pa,no-new-owner,pin-cost=3000']);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
+    const daemon = await daemonOf(vm);
+    const update = runUpdate(vm.qmpPath, null, 30_000).catch((e: Error) => ({ status: `monitor gone: ${e.message}` }));
+    await new Promise((r) => setTimeout(r, 1000));
+    vm.child.kill('SIGTERM');
+    expect(await within(vm.exited, 20_000, 'the VM exits')).toBe(143);
+    await update;
+    expect(vm.child.signalCode).toBeNull(); // it exited; the signal did not kill it
+    expect(vm.stderr, vm.stderr).toMatch(/SIGTERM: shutting down the VM after live update 1/);
+    expect(daemonStopped(daemon)).toBe(true);
   }, 120_000);
 });

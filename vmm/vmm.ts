@@ -8,6 +8,17 @@ import type { UpdateRecord } from '../cpr/state.js';
 import type { VhostVdpa } from '../devices/vhost-vdpa.js';
 import type { DaemonRef } from './vdpa.js';
 
+/** Signals recorded before a Vmm exists; once one does, `forward` takes the later ones. */
+export interface EarlySignals { got: NodeJS.Signals[]; forward?: (sig: NodeJS.Signals) => void }
+
+/** Records SIGTERM/SIGINT from now on, for the Vmm to take over (a process restoring a guest must not die half-way). */
+export function recordSignals(early: EarlySignals = { got: [] }): EarlySignals {
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => (early.forward ? early.forward(sig) : early.got.push(sig)));
+  return early;
+}
+
+export const signalExitCode = (sig: NodeJS.Signals): number => 128 + (sig === 'SIGTERM' ? 15 : 2);
+
 export const VERSION = { major: 0, minor: 1, micro: 0, package: 'minivmm 0.1.0' };
 
 export interface UpdateResult {
@@ -64,9 +75,39 @@ export class Vmm {
   }
   exitHooks: (() => Promise<void> | void)[] = [];
 
-  /** SIGTERM/SIGINT end the VM cleanly (socket removed, daemon stopped). */
-  handleSignals(): void {
-    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void this.exit(128 + (sig === 'SIGTERM' ? 15 : 2)));
+  /**
+   * SIGTERM/SIGINT end the VM cleanly (socket removed, daemon stopped). One that comes during a
+   * live update waits until the update settles (see settle()): acting at once could leave the
+   * devices half-moved or kill a process that is about to hand the guest over. `early` holds the
+   * signals recorded before this process had a Vmm (a new image restoring the guest); its
+   * listeners stay and forward to us (removing a listener would drop a signal libuv has queued).
+   */
+  handleSignals(early?: EarlySignals): void {
+    if (early) {
+      early.forward = (sig) => this.onSignal(sig);
+      if (early.got.length) { this.pendingSignal = early.got[0]; this.settle(); }
+      return;
+    }
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => this.onSignal(sig));
+  }
+
+  /** A signal that came during the update in progress, acted on when it settles. */
+  pendingSignal?: NodeJS.Signals;
+  get updating(): boolean { return this.migration.status === 'setup' || this.migration.status === 'active'; }
+
+  private onSignal(sig: NodeJS.Signals): void {
+    if (this.updating) {
+      if (!this.pendingSignal) process.stderr.write(`minivmm: ${sig} during a live update: the VM shuts down once the update settles\n`);
+      this.pendingSignal ??= sig;
+      return;
+    }
+    process.stderr.write(`minivmm: ${sig}: shutting down the VM${this.history.length ? ` after live update ${this.history.length}` : ''}\n`);
+    void this.exit(signalExitCode(sig));
+  }
+
+  /** The update failed or rolled back here (or completed here): act on a signal that came during it. */
+  settle(): void {
+    if (this.pendingSignal && !this.updating) this.onSignal(this.pendingSignal);
   }
 
   async startMonitor(qmp: QmpServer): Promise<void> {

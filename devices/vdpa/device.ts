@@ -48,14 +48,14 @@ const freshVq = (): VhostVq => ({ num: 1, desc: 0n, avail: 0n, used: 0n, lastAva
 export interface IoctlRequest { tid: number; cmd: number; arg: bigint; in: Buffer; outSize: number }
 
 /**
- * Fault injection, after the kernel's fail_function: the next `times` calls of `op` fail with
- * `errno` at their entry, before any check, and change nothing (armed through the daemon's
- * `faults` file; test use only). A REMAP or UPDATE failure, being an IOTLB handler error, reaches
- * the caller of write() as EFAULT, as every handler error does (§3.7).
+ * Fault injection, after the kernel's fail_function (armed through the daemon's `faults` file;
+ * test use only): the next `times` calls of `op` fail with `errno` at the top of its handler and
+ * change nothing, or are held for `delayMs` first (a slow device). A REMAP or UPDATE failure, being
+ * an IOTLB handler error, reaches the caller of write() as EFAULT, as every handler error does (§3.7).
  */
-export const FAULT_OPS = ['new-owner', 'remap', 'update'] as const;
+export const FAULT_OPS = ['new-owner', 'remap', 'update', 'suspend'] as const;
 export type FaultOp = typeof FAULT_OPS[number];
-export interface Fault { errno: keyof typeof E; times: number }
+export interface Fault { errno?: keyof typeof E; delayMs?: number; times: number }
 
 export class VdpaDevice {
   readonly sim: SimDevice;
@@ -204,6 +204,7 @@ export class VdpaDevice {
       case VHOST.VDPA_GET_CONFIG_SIZE: return u32(p.config.length);
       case VHOST.VDPA_GET_VQS_COUNT: return u32(p.nvqs);
       case VHOST.VDPA_SUSPEND:
+        this.failIfInjected('suspend');
         if (!(sim.status & VIRTIO_STATUS_DRIVER_OK)) return;
         sim.suspend(); return;
       case VHOST.VDPA_RESUME:
@@ -401,8 +402,9 @@ export class VdpaDevice {
     if (!f) return;
     if (--f.times <= 0) this.faults.delete(op);
     this.counters.injected++;
-    this.host.log(`${this.spec.name}: injected ${f.errno} into ${op}`);
-    throw err(f.errno, `injected into ${op}`);
+    this.host.log(`${this.spec.name}: injected ${f.errno ?? `a ${f.delayMs} ms delay`} into ${op}`);
+    if (f.delayMs) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, f.delayMs);
+    if (f.errno) throw err(f.errno, `injected into ${op}`);
   }
 
   // ---------------------------------------------------------------- VHOST_NEW_OWNER (§3.10)

@@ -44,7 +44,7 @@ export interface DeviceStatus {
   };
   lastRingError: string | null;
   /** Armed fault injections, by operation. */
-  faults: Record<string, { errno: string; times: number }>;
+  faults: Record<string, { errno?: string; delayMs?: number; times: number }>;
 }
 export interface DaemonStatus {
   pid: number; dir: string; pinCostMsPerGib: number;
@@ -83,14 +83,18 @@ export function daemonArgs(o: StartVdpaOptions): string[] {
   return args;
 }
 
-/** Arms fault injection: the next `times` calls of `op` on `device` fail with `errno` (daemon's `faults` file). */
-export function injectVdpaFault(dir: string, device: string, op: 'new-owner' | 'remap' | 'update', errno: string, times = 1): void {
-  writeFileSync(join(dir, 'faults'), `${device} ${op} ${errno} ${times}\n`);
+/**
+ * Arms fault injection (the daemon's `faults` file): the next `times` calls of `op` on `device`
+ * fail with `fault` (an errno name), or are held first (`delay:MS`).
+ */
+export function injectVdpaFault(dir: string, device: string, op: 'new-owner' | 'remap' | 'update' | 'suspend', fault: string, times = 1): void {
+  writeFileSync(join(dir, 'faults'), `${device} ${op} ${fault} ${times}\n`);
 }
 
 export const readDaemonStatus = (dir: string): DaemonStatus => JSON.parse(readFileSync(join(dir, 'status'), 'utf8')) as DaemonStatus;
 
-const alive = (pid: number): boolean => {
+/** The process exists and is not a zombie (a stopped daemon may wait for its parent to reap it). */
+export const alive = (pid: number): boolean => {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';

@@ -52,8 +52,8 @@ const STATUS_INO = 2 + devices.length, FAULTS_INO = 3 + devices.length;
 
 /**
  * The `faults` file arms fault injection (see FAULT_OPS in device.ts), one line per fault:
- * `DEVICE OP ERRNO [TIMES]` (TIMES default 1), or `DEVICE OP off`. A bad line fails the write
- * with EINVAL and arms nothing.
+ * `DEVICE OP ERRNO|delay:MS [TIMES]` (TIMES default 1), or `DEVICE OP off`. A bad line fails the
+ * write with EINVAL and arms nothing.
  */
 function armFaults(text: string): void {
   const armed: [VdpaDevice, FaultOp, Fault | null][] = [];
@@ -61,9 +61,10 @@ function armFaults(text: string): void {
     const [name, op, errno, times = '1', ...rest] = line.split(/\s+/);
     const d = devices.find((x) => x.spec.name === name);
     const ok = d && (FAULT_OPS as readonly string[]).includes(op) && !rest.length &&
-      (errno === 'off' || (/^E[A-Z0-9]+$/.test(errno ?? '') && errno in E && /^[1-9]\d{0,6}$/.test(times)));
+      (errno === 'off' || ((/^E[A-Z0-9]+$/.test(errno ?? '') && errno in E) || /^delay:[1-9]\d{0,4}$/.test(errno ?? '')) && /^[1-9]\d{0,6}$/.test(times));
     if (!ok) { log(`faults: bad line '${line.slice(0, 80)}'`); throw new Errno(E.EINVAL); }
-    armed.push([d!, op as FaultOp, errno === 'off' ? null : { errno: errno as Fault['errno'], times: Number(times) }]);
+    const fault: Fault = errno.startsWith('delay:') ? { delayMs: Number(errno.slice(6)), times: Number(times) } : { errno: errno as Fault['errno'], times: Number(times) };
+    armed.push([d!, op as FaultOp, errno === 'off' ? null : fault]);
   }
   for (const [d, op, f] of armed) { if (f) d.faults.set(op, f); else d.faults.delete(op); }
 }
