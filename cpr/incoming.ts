@@ -9,7 +9,7 @@ import { decodeState, findFd, type CprState } from './state.js';
 import { STATE_ENV, TIMES_ENV } from './exec.js';
 import { Vmm, VERSION, recordSignals, type UpdateResult, type EarlySignals } from '../vmm/vmm.js';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
-import { stopDaemon } from '../vmm/vdpa.js';
+import { stopDaemon, watchDaemon } from '../vmm/vdpa.js';
 import { MIGRATORS, restoreEnv } from './exec.js';
 import { setLogLevel } from '../vmm/log.js';
 
@@ -130,5 +130,6 @@ export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResu
   setLogLevel(ms0.config.logLevel);
   await vmm.logUpdate(result);
   vmm.handleSignals(hooks.signals);
+  watchDaemon(vmm);
   return vmm;
 }

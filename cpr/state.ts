@@ -9,6 +9,7 @@ import {
 } from '../src/libc.js';
 import type { Packr } from 'msgpackr';
 import type { VdpaState } from '../devices/vhost-vdpa.js';
+import type { DaemonRef } from '../vmm/vdpa.js';
 
 export const STATE_MAGIC = Buffer.from('MVMMCPR\0');
 export const STATE_VERSION = 1;
@@ -42,7 +43,7 @@ export interface MachineState {
   vcpus: VcpuState[];
   irqchip: { picMaster: Buffer; picSlave: Buffer; ioapic: Buffer };
   pit: Buffer;
-  devices: { serial: number[]; vdpa?: VdpaState[]; vdpaDaemon?: { pid: number; dir: string } };
+  devices: { serial: number[]; vdpa?: VdpaState[]; vdpaDaemon?: DaemonRef };
 }
 
 /** Migration bookkeeping that rides along, so the new image can report the update. */

@@ -5,10 +5,10 @@
 // and exits; only then does the new one run the guest. If `ready` does not come (the new process
 // died, failed or went silent), the old one kills it, takes its devices back (NEW_OWNER again,
 // REMAP to its own addresses) and resumes the guest: rollback. Two processes never run the guest.
-import { existsSync, lstatSync, unlinkSync, chmodSync, readFileSync } from 'node:fs';
+import { existsSync, lstatSync, unlinkSync, chmodSync } from 'node:fs';
 import {
   socket, bind, listen, connect, acceptAsync, peerPid, setRecvTimeout, sendWithFds, recvWithFds, read, write, close, dup,
-  SOCK_SEQPACKET,
+  SOCK_SEQPACKET, processAlive,
 } from '../src/libc.js';
 import { loadEncoder, decodeState, type CprState } from './state.js';
 import { keptFds, saveForUpdate } from './exec.js';
@@ -95,9 +95,7 @@ function killAndWait(pid: number): void {
   try { process.kill(pid, 'SIGKILL'); } catch { return; }
   const deadline = Date.now() + 5000;
   for (;;) {
-    let state = 'Z';
-    try { const stat = readFileSync(`/proc/${pid}/stat`, 'utf8'); state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3); } catch { /* gone */ }
-    if (state === 'Z' || state === 'X' || Date.now() > deadline) return;
+    if (!processAlive(pid) || Date.now() > deadline) return;
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
   }
 }

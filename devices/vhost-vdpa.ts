@@ -115,7 +115,7 @@ export class VhostVdpa implements VirtioBackend {
   queueMax(i: number): number { return i < this.vqs ? this.maxQueueSize : 0; }
   readConfig(offset: number, len: number): Buffer {
     if (offset + len > this.configSize) return Buffer.alloc(len);
-    return vhost.getConfig(this.fd, offset, len);
+    try { return vhost.getConfig(this.fd, offset, len); } catch { return Buffer.alloc(len); } // device gone (daemon restarting)
   }
 
   setStatus(status: number, driverFeatures: bigint): number {
@@ -303,6 +303,27 @@ export class VhostVdpa implements VirtioBackend {
       s.vqs, s.queueMax, s.configSize, s.mappings);
     dev.transport.load(s.transport);
     return dev;
+  }
+
+  /**
+   * The device's server was restarted (the embedded daemon died): the device is a new one that
+   * knows nothing. Open it again, map all RAM, and walk it up to where the driver has it, each
+   * ring resuming at its used index: requests in flight when the old one died are processed
+   * again (what vhost-user back-end reconnection does). Our eventfds, still wired to KVM, stay.
+   */
+  reattach(mem: GuestMemory): void {
+    try { close(this.fd); } catch { /* a dead connection */ }
+    const fd = openDevice(this.devicePath, 2000);
+    try {
+      vhost.setOwner(fd);
+      vhost.setBackendFeatures(fd, this.negotiated & vhost.getBackendFeatures(fd));
+    } catch (e) { close(fd); throw e; }
+    this.fd = fd;
+    this.deviceStatus = 0;
+    this.mapAll(mem, IOTLB.UPDATE);
+    const bases = this.transport.queues.map((q) => (q.ready ? mem.view(Number(q.used) + 2, 2).readUInt16LE(0) : 0));
+    this.reinit(this.transport.status & (S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK), bases);
+    this.notifyAll();
   }
 
   /** After the vCPUs resume: one kick per queue and one interrupt, for notifications lost in the pause. */

@@ -3,6 +3,7 @@
 // "KVM_CREATE_VM failed: EACCES (Permission denied)".
 import ffi from 'ffi-rs';
 import { constants } from 'node:os';
+import { readFileSync } from 'node:fs';
 
 const { DataType: T } = ffi;
 ffi.open({ library: 'libc', path: '' });
@@ -210,6 +211,17 @@ export async function acceptAsync(fd: number): Promise<number> {
   return r.value;
 }
 /** The pid of the process at the other end of a connected UNIX socket. */
+/** A process's state letter from /proc/PID/stat (R, S, D, T, Z, X...), or null if there is no such process. */
+export function processState(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2] ?? null;
+  } catch { return null; }
+}
+
+/** The process exists and is not a zombie (a dead child stays one until its parent reaps it). */
+export const processAlive = (pid: number): boolean => { const s = processState(pid); return s !== null && s !== 'Z' && s !== 'X'; };
+
 export function peerPid(fd: number): number {
   const cred = Buffer.alloc(12), len = Buffer.alloc(4);
   len.writeUInt32LE(12);

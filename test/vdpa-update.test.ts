@@ -189,3 +189,40 @@ describeWith(['kvm', 'fuse', 'root'], 'SIGTERM during a cpr-exec update', () => 
     expect(daemonStopped(daemon)).toBe(true);
   }, 120_000);
 });
+
+describeWith(['kvm', 'fuse', 'root'], 'the device daemon killed under a running VM', () => {
+  it('is restarted and its devices re-attached: traffic resumes, the disk keeps its data, updates still take the fast path', async () => {
+    vm = await VmProcess.start(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk,pa']);
+    await vm.waitFor(/^blk written=.*\n/m, 60_000);
+    const c = await vm.qmp();
+    const before = (await c.execute('x-query-vdpa') as { daemon: { pid: number; dir: string; files: string[] } }).daemon;
+    const restarted = c.event('VDPA_DAEMON_RESTARTED', 30_000);
+    const mark = vm.stdout.length;
+    process.kill(before.pid, 'SIGKILL');
+    const ev = await restarted as { data: { pid: number; devices: number[]; 'outage-ms': number } };
+    expect(ev.data.devices).toEqual([0, 1]);
+    expect(ev.data.pid).not.toBe(before.pid);
+    const after = (await c.execute('x-query-vdpa') as { daemon: { pid: number; restarts: number } }).daemon;
+    c.close();
+    expect(after).toMatchObject({ pid: ev.data.pid, restarts: 1 });
+    const dev = readDaemonStatus(before.dir).devices;
+    expect(dev.map((d) => [d.owner?.pid, d.status])).toEqual([[vm.child.pid, 0x0f], [vm.child.pid, 0x0f]]);
+    await trafficFlows(vm, mark);
+    // The blk guest re-reads what it wrote before the kill: the disk (a file) outlived the daemon.
+    const s = parseStats(vm.stdout);
+    expect(s.blk!.mismatches).toBe(0);
+    expect({ lost: s.net!.lost, duplicated: s.net!.duplicated, corrupt: s.net!.corrupt }).toEqual({ lost: 0, duplicated: 0, corrupt: 0 });
+    expect(vm.stdout).not.toMatch(/MISMATCH|IOERR/);
+    // The VM carries the new daemon across an update, on the fast path.
+    const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
+    expect(r.status, r['error-desc']).toBe('completed');
+    expect(r.cpr.devices.map((d) => d.path)).toEqual(['new-owner', 'new-owner']);
+    await trafficFlows(vm, vm.stdout.length);
+    // quit stops the restarted daemon and removes the disk file.
+    const q = await vm.qmp();
+    await q.execute('quit').catch(() => undefined);
+    expect(await within(vm.exited, 20_000, 'the VM exits')).toBe(0);
+    expect(daemonStopped({ pid: ev.data.pid, dir: before.dir })).toBe(true);
+    for (const f of before.files) expect(existsSync(f)).toBe(false);
+  }, 180_000);
+});

@@ -4,7 +4,7 @@ import { Vmm, VERSION } from './vmm.js';
 import { QmpServer } from './qmp.js';
 import { MIGRATORS } from '../cpr/exec.js';
 import { log } from './log.js';
-import { parseVdpaSpec, resolveVdpaPaths, attachVdpa, stopDaemon } from './vdpa.js';
+import { parseVdpaSpec, resolveVdpaPaths, attachVdpa, stopDaemon, watchDaemon } from './vdpa.js';
 import type { MachineConfig } from '../cpr/state.js';
 
 export async function startVmm(config: MachineConfig): Promise<Vmm> {
@@ -24,6 +24,7 @@ export async function startVmm(config: MachineConfig): Promise<Vmm> {
   }
   if (config.qmp) await vmm.startMonitor(await QmpServer.listen(config.qmp, VERSION));
   vmm.handleSignals();
+  watchDaemon(vmm);
   vmm.machine.start();
   (await log()).debug({ guest: config.guest, memory: config.memory, smp: config.smp }, 'guest started');
   return vmm;

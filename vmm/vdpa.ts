@@ -1,13 +1,15 @@
 // `--vdpa` devices: a vhost-vdpa node path, or `sim:net|sim:blk[,va|pa][,no-new-owner]`, served by
 // the embedded device daemon (started here, for the VM's lifetime: it survives our exec).
-import { mkdtempSync, rmdirSync } from 'node:fs';
+import { mkdtempSync, rmdirSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
 import { VIRTIO_MMIO_SIZE } from '../devices/virtio-mmio.js';
 import type { Machine } from './machine.js';
-import { prlimit, RLIMIT_MEMLOCK } from '../src/libc.js';
+import { prlimit, RLIMIT_MEMLOCK, processAlive } from '../src/libc.js';
 import type { BootDevice } from './boot.js';
+import type { Vmm } from './vmm.js';
+import { log } from './log.js';
 
 export const VDPA_MMIO_BASE = 0xd0000000, VDPA_GSI_BASE = 16, MAX_VDPA = 8;
 
@@ -35,7 +37,8 @@ export function parseVdpaSpec(text: string): VdpaSpec {
   return spec;
 }
 
-export interface DaemonRef { pid: number; dir: string }
+/** The embedded daemon a VM started: kept in the CPR state, so every image supervises it. */
+export interface DaemonRef { pid: number; dir: string; args?: string[]; restarts?: number; files?: string[] }
 
 /** Starts the daemon for the sim devices (if any); returns the node path of every device, in order. */
 export async function resolveVdpaPaths(specs: VdpaSpec[], ramBytes: number): Promise<{ paths: string[]; daemon?: DaemonRef }> {
@@ -45,6 +48,8 @@ export async function resolveVdpaPaths(specs: VdpaSpec[], ramBytes: number): Pro
   if (sims.length) {
     const { startVdpaDaemon } = await import('../devices/vdpa/launch.js');
     const dir = mkdtempSync(join(tmpdir(), 'minivmm-vdpa-'));
+    // A blk disk lives in a file beside the mount, so that a restarted daemon serves the same one.
+    const backing = (s: { type: string }, i: number) => (s.type === 'blk' ? `${dir}.disk${i}` : undefined);
     // Pinning devices count guest RAM against our RLIMIT_MEMLOCK. Where it cannot be raised far
     // enough (no CAP_SYS_RESOURCE), tell the embedded device the limit `ulimit -l` would have set.
     const need = memlockNeed(ramBytes, sims.filter((s) => s.dma === 'pa').length);
@@ -53,9 +58,9 @@ export async function resolveVdpaPaths(specs: VdpaSpec[], ramBytes: number): Pro
       dir, memlockLimit,
       // The pin-time charge of the spec's cost model (§6.4), on top of the real mlock; one per daemon.
       pinCostMsPerGib: Math.max(0, ...sims.map((s) => s.pinCostMsPerGib ?? 0)),
-      devices: sims.map((s, i) => ({ name: `vhost-vdpa-${i}`, type: s.type, dma: s.dma, model: s.model, quirks: s.quirks })),
+      devices: sims.map((s, i) => ({ name: `vhost-vdpa-${i}`, type: s.type, dma: s.dma, model: s.model, quirks: s.quirks, backing: backing(s, i) })),
     });
-    daemon = { pid: d.pid, dir: d.dir };
+    daemon = { pid: d.pid, dir: d.dir, args: d.args, restarts: 0, files: sims.flatMap((s, i) => backing(s, i) ?? []) };
     simPaths.push(...d.paths);
   }
   return { paths: specs.map((s) => (s.kind === 'path' ? s.path : simPaths.shift()!)), daemon };
@@ -107,4 +112,41 @@ export async function stopDaemon(d: DaemonRef | undefined): Promise<void> {
   const { stopVdpaDaemon } = await import('../devices/vdpa/launch.js');
   await stopVdpaDaemon(d.pid, d.dir);
   try { rmdirSync(d.dir); } catch { /* not empty or gone */ }
+  for (const f of d.files ?? []) { try { unlinkSync(f); } catch { /* gone */ } }
+}
+
+const WATCH_MS = 100, MAX_FAILED_RESTARTS = 5;
+
+/**
+ * Supervises the embedded daemon (a real kernel's devices cannot die; this stand-in can): when it
+ * is gone, start it again with the same arguments and re-attach every device it serves
+ * (VhostVdpa.reattach). Checked every 100 ms, never during a live update or on the way out.
+ */
+export function watchDaemon(vmm: Vmm): void {
+  if (!vmm.daemon?.args) return;
+  let busy = false, failures = 0;
+  const timer = setInterval(() => {
+    const d = vmm.daemon;
+    if (busy || !d || vmm.updating || vmm.stopping || failures >= MAX_FAILED_RESTARTS || processAlive(d.pid)) return;
+    busy = true;
+    recoverDaemon(vmm, d).then(() => { failures = 0; }, async (e: Error) => {
+      failures++;
+      (await log()).error({ err: e.message, attempt: failures }, `vdpa daemon restart failed: ${e.message}${failures >= MAX_FAILED_RESTARTS ? '; giving up (its devices stay stalled)' : ''}`);
+    }).finally(() => { busy = false; });
+  }, WATCH_MS);
+  timer.unref();
+  vmm.exitHooks.unshift(() => clearInterval(timer)); // before the daemon is stopped on purpose
+}
+
+async function recoverDaemon(vmm: Vmm, d: DaemonRef): Promise<void> {
+  const t0 = performance.now();
+  const { spawnVdpaDaemon } = await import('../devices/vdpa/launch.js');
+  process.stderr.write(`minivmm: vdpa daemon (pid ${d.pid}) is gone; restarting it and re-attaching its devices\n`);
+  const pid = await spawnVdpaDaemon(d.dir, d.args!);
+  vmm.daemon = { ...d, pid, restarts: (d.restarts ?? 0) + 1 };
+  const served = vmm.vdpa.filter((dev) => dev.devicePath.startsWith(`${d.dir}/`));
+  for (const dev of served) dev.reattach(vmm.machine.mem);
+  const outage = Math.round((performance.now() - t0) * 10) / 10;
+  vmm.qmp?.event('VDPA_DAEMON_RESTARTED', { pid, devices: served.map((dev) => dev.index), 'outage-ms': outage });
+  (await log()).warn({ pid, outage_ms: outage }, `vdpa daemon restarted (pid ${pid}); ${served.length} device(s) re-attached in ${outage} ms`);
 }

@@ -54,6 +54,8 @@ export class Vmm {
   /** Updates this VM went through (carried across exec in the state). */
   history: UpdateRecord['history'] = [];
   private exiting = false;
+  /** The VM is being shut down (exit hooks running). */
+  get stopping(): boolean { return this.exiting; }
 
   constructor(private migrators: Migrators) {}
 

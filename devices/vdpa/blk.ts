@@ -2,6 +2,7 @@
 // (128 MiB by default, the kernel's 0x40000 sectors). Requests: 16-byte header {type, ioprio,
 // sector}, data, 1-byte status (OK 0, IOERR 1, UNSUPP 2). Types IN 0, OUT 1, FLUSH 4, GET_ID 8,
 // DISCARD 11, WRITE_ZEROES 13; any other type is IOERR, as in the kernel.
+import { openSync, closeSync, fstatSync, ftruncateSync, readSync, writeSync } from 'node:fs';
 import { SimDevice, type SimProfile } from './sim.js';
 import { popAvail, pushUsed, wantsInterrupt, type Chain } from './virtqueue.js';
 import { clip } from './net.js';
@@ -37,8 +38,12 @@ export function blkProfile(capacityBytes: number): SimProfile {
 }
 
 export class BlkDevice extends SimDevice {
-  private readonly chunks = new Map<number, Buffer>();
-  constructor(readonly capacity = 128 << 20) { super(blkProfile(capacity)); }
+  /** `backing`: a file that keeps the sectors across daemon restarts; RAM (as vdpa_sim_blk) by default. */
+  constructor(backing?: string, readonly capacity = 128 << 20) {
+    super(blkProfile(capacity));
+    this.disk = backing ? new FileDisk(backing, capacity) : new RamDisk();
+  }
+  private readonly disk: Disk;
 
   protected work(): boolean {
     const vq = this.vqs[0];
@@ -71,13 +76,13 @@ export class BlkDevice extends SimDevice {
       switch (type) {
         case T_IN:
           if (this.inRange(sector, inLen, RW_MAX_SECTORS)) {
-            if (dma.scatter(dataIn, this.readDisk(sector * SECTOR, inLen))) { status = S_OK; written = inLen; this.counters.blocksRead += inLen / SECTOR; }
+            if (dma.scatter(dataIn, this.disk.read(sector * SECTOR, inLen))) { status = S_OK; written = inLen; this.counters.blocksRead += inLen / SECTOR; }
           }
           break;
         case T_OUT:
           if (this.inRange(sector, outLen, RW_MAX_SECTORS)) {
             const data = dma.gather(outData);
-            if (data) { this.writeDisk(sector * SECTOR, data); status = S_OK; this.counters.blocksWritten += outLen / SECTOR; }
+            if (data) { this.disk.write(sector * SECTOR, data); status = S_OK; this.counters.blocksWritten += outLen / SECTOR; }
           }
           break;
         case T_FLUSH: status = S_OK; break; // RAM: nothing to flush
@@ -98,7 +103,7 @@ export class BlkDevice extends SimDevice {
           if (flags & ~allowed) { status = S_UNSUPP; break; }
           if (!this.inRange(start, n * SECTOR, DWZ_MAX_SECTORS)) break;
           // DISCARD keeps the data (the kernel's does too); WRITE_ZEROES, with or without UNMAP, zeroes.
-          if (type === T_WRITE_ZEROES) this.zeroDisk(start * SECTOR, n * SECTOR);
+          if (type === T_WRITE_ZEROES) this.disk.zero(start * SECTOR, n * SECTOR);
           status = S_OK;
           break;
         }
@@ -122,8 +127,20 @@ export class BlkDevice extends SimDevice {
     const sectors = this.capacity / SECTOR, n = len / SECTOR;
     return len % SECTOR === 0 && start < sectors && n <= max && n <= sectors - start;
   }
+}
+
+/** Where a blk device keeps its sectors. */
+export interface Disk {
+  read(off: number, len: number): Buffer;
+  write(off: number, data: Buffer): void;
+  zero(off: number, len: number): void;
+}
+
+/** vdpa_sim_blk's storage: RAM, sparse in chunks; gone with the process. */
+export class RamDisk implements Disk {
+  private readonly chunks = new Map<number, Buffer>();
   /** Zeroes [off, off + len): whole chunks are dropped (they read back as zeros), parts cleared. */
-  private zeroDisk(off: number, len: number): void {
+  zero(off: number, len: number): void {
     for (let at = 0; at < len;) {
       const ci = Math.floor((off + at) / CHUNK), co = (off + at) % CHUNK, n = Math.min(CHUNK - co, len - at);
       if (n === CHUNK) this.chunks.delete(ci);
@@ -131,7 +148,7 @@ export class BlkDevice extends SimDevice {
       at += n;
     }
   }
-  private readDisk(off: number, len: number): Buffer {
+  read(off: number, len: number): Buffer {
     const out = Buffer.alloc(len);
     for (let at = 0; at < len;) {
       const ci = Math.floor((off + at) / CHUNK), co = (off + at) % CHUNK, n = Math.min(CHUNK - co, len - at);
@@ -140,7 +157,7 @@ export class BlkDevice extends SimDevice {
     }
     return out;
   }
-  private writeDisk(off: number, data: Buffer): void {
+  write(off: number, data: Buffer): void {
     for (let at = 0; at < data.length;) {
       const ci = Math.floor((off + at) / CHUNK), co = (off + at) % CHUNK, n = Math.min(CHUNK - co, data.length - at);
       let c = this.chunks.get(ci);
@@ -149,6 +166,28 @@ export class BlkDevice extends SimDevice {
       at += n;
     }
   }
+}
+
+/**
+ * A (sparse) file: the sectors outlive the daemon, so a restarted one serves the same disk (as a
+ * vhost-user-blk back end over an image would). pread/pwrite per request.
+ */
+export class FileDisk implements Disk {
+  private readonly fd: number;
+  constructor(path: string, capacity: number) {
+    closeSync(openSync(path, 'a')); // created if missing, never truncated
+    this.fd = openSync(path, 'r+');
+    if (fstatSync(this.fd).size < capacity) ftruncateSync(this.fd, capacity);
+  }
+  read(off: number, len: number): Buffer {
+    const out = Buffer.alloc(len);
+    for (let at = 0; at < len;) { const n = readSync(this.fd, out, at, len - at, off + at); if (n <= 0) break; at += n; }
+    return out;
+  }
+  write(off: number, data: Buffer): void {
+    for (let at = 0; at < data.length;) at += writeSync(this.fd, data, at, data.length - at, off + at);
+  }
+  zero(off: number, len: number): void { this.write(off, Buffer.alloc(len)); }
 }
 
 function dropFirst(segs: Seg[], n: number): Seg[] {

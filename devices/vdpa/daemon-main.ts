@@ -1,6 +1,6 @@
 // Entry point of the embedded vhost-vdpa device daemon:
 //   node dist/devices/vdpa/daemon-main.js --dir DIR
-//        --device NAME=TYPE,DMA[,no-new-owner][,remapLagsOutsideBatch][,newOwnerRlimitBeforeBusy] [--device ...]
+//        --device NAME=TYPE,DMA[,no-new-owner][,remapLagsOutsideBatch][,newOwnerRlimitBeforeBusy][,backing=/FILE] [--device ...]
 //        [--pin-cost-ms-per-gib N] [--memlock-limit BYTES]
 // TYPE is net or blk, DMA is va or pa. Mounts a FUSE file system at DIR with one file per device,
 // a read-only `status` file and a root-only `faults` file (fault injection, see worker.ts), prints
@@ -42,13 +42,14 @@ export function parseArgs(argv: string[]): { dir: string; devices: DeviceSpec[];
 }
 
 function parseDevice(s: string): DeviceSpec {
-  const m = /^([A-Za-z0-9_.-]+)=(net|blk),(va|pa)((?:,[A-Za-z-]+)*)$/.exec(s);
-  if (!m) throw new Error(`bad --device ${s} (want NAME=net|blk,va|pa[,no-new-owner][,remapLagsOutsideBatch][,newOwnerRlimitBeforeBusy])`);
+  const m = /^([A-Za-z0-9_.-]+)=(net|blk),(va|pa)((?:,[A-Za-z-]+(?:=\/[^,]+)?)*)$/.exec(s);
+  if (!m) throw new Error(`bad --device ${s} (want NAME=net|blk,va|pa[,no-new-owner][,remapLagsOutsideBatch][,newOwnerRlimitBeforeBusy][,backing=/FILE])`);
   const d: DeviceSpec = { name: m[1], type: m[2] as 'net' | 'blk', dma: m[3] as 'va' | 'pa', quirks: {} };
   for (const opt of m[4].split(',').filter(Boolean)) {
     if (opt === 'no-new-owner') d.model = 'no-new-owner';
     else if (opt === 'remapLagsOutsideBatch') d.quirks!.remapLagsOutsideBatch = true;
     else if (opt === 'newOwnerRlimitBeforeBusy') d.quirks!.newOwnerRlimitBeforeBusy = true;
+    else if (opt.startsWith('backing=/') && d.type === 'blk') d.backing = opt.slice(8);
     else throw new Error(`unknown device option ${opt}`);
   }
   return d;

@@ -23,6 +23,8 @@ const err = (name: keyof typeof E, why?: string) => new Errno(E[name], why);
 export interface Quirks { remapLagsOutsideBatch?: boolean; newOwnerRlimitBeforeBusy?: boolean }
 export interface DeviceSpec {
   name: string; type: 'net' | 'blk'; dma: 'va' | 'pa'; model?: 'no-new-owner'; quirks?: Quirks;
+  /** blk: a file to keep the sectors in (they then survive a daemon restart); RAM by default. */
+  backing?: string;
 }
 
 /** What the event loop provides to a device. */
@@ -80,7 +82,7 @@ export class VdpaDevice {
   private readonly dmas = new Map<number, Dma>();
 
   constructor(readonly spec: DeviceSpec, private readonly host: DeviceHost) {
-    this.sim = spec.type === 'net' ? new NetDevice() : new BlkDevice();
+    this.sim = spec.type === 'net' ? new NetDevice() : new BlkDevice(spec.backing);
     this.sim.log = (m) => host.log(`${spec.name}: ${m}`);
     this.sim.dmaForAsid = (asid) => this.dmaFor(asid);
     this.useVa = spec.dma === 'va';

@@ -6,11 +6,13 @@ import { existsSync, openSync, closeSync, readFileSync, writeFileSync } from 'no
 import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
-import { umount2, MNT_DETACH } from '../../src/libc.js';
+import { umount2, MNT_DETACH, processAlive } from '../../src/libc.js';
 
 export interface VdpaQuirks { remapLagsOutsideBatch?: boolean; newOwnerRlimitBeforeBusy?: boolean }
 export interface VdpaDeviceOptions {
   name: string; type: 'net' | 'blk'; dma: 'va' | 'pa'; model?: 'no-new-owner'; quirks?: VdpaQuirks;
+  /** blk: keep the sectors in this file (they survive a daemon restart). */
+  backing?: string;
 }
 export interface StartVdpaOptions {
   dir: string;
@@ -55,6 +57,8 @@ export interface DaemonStatus {
 }
 export interface VdpaDaemon {
   pid: number; dir: string; paths: string[];
+  /** Its command-line arguments (spawnVdpaDaemon restarts it with them). */
+  args: string[];
   stop(): Promise<void>;
   status(): DaemonStatus;
 }
@@ -76,6 +80,7 @@ export function daemonArgs(o: StartVdpaOptions): string[] {
     if (d.model) opts.push(d.model);
     if (d.quirks?.remapLagsOutsideBatch) opts.push('remapLagsOutsideBatch');
     if (d.quirks?.newOwnerRlimitBeforeBusy) opts.push('newOwnerRlimitBeforeBusy');
+    if (d.backing) opts.push(`backing=${resolve(d.backing)}`);
     args.push('--device', `${d.name}=${opts.join(',')}`);
   }
   if (o.pinCostMsPerGib !== undefined) args.push('--pin-cost-ms-per-gib', String(o.pinCostMsPerGib));
@@ -94,12 +99,7 @@ export function injectVdpaFault(dir: string, device: string, op: 'new-owner' | '
 export const readDaemonStatus = (dir: string): DaemonStatus => JSON.parse(readFileSync(join(dir, 'status'), 'utf8')) as DaemonStatus;
 
 /** The process exists and is not a zombie (a stopped daemon may wait for its parent to reap it). */
-export const alive = (pid: number): boolean => {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch { return false; }
-};
+export const alive = processAlive;
 
 /** SIGTERM the daemon, wait for it to go (SIGKILL after `graceMs`), make sure dir is unmounted. */
 export async function stopVdpaDaemon(pid: number, dir: string, graceMs = 5000): Promise<void> {
@@ -116,20 +116,34 @@ export async function stopVdpaDaemon(pid: number, dir: string, graceMs = 5000): 
 
 export async function startVdpaDaemon(o: StartVdpaOptions): Promise<VdpaDaemon> {
   const dir = resolve(o.dir);
-  const logFile = o.logFile ?? join(tmpdir(), `minivmm-vdpa-${dir.replace(/[^A-Za-z0-9]+/g, '_')}.log`);
-  const logFd = openSync(logFile, 'a');
-  const child = spawn(process.execPath, [daemonScript(), ...daemonArgs({ ...o, dir })], {
-    detached: true, stdio: ['ignore', 'pipe', logFd],
-  });
+  const args = daemonArgs({ ...o, dir });
+  const pid = await spawnVdpaDaemon(dir, args, o.logFile, o.timeoutMs);
+  return {
+    pid, dir, args,
+    paths: o.devices.map((d) => join(dir, d.name)),
+    status: () => readDaemonStatus(dir),
+    async stop() { await stopVdpaDaemon(pid, dir); },
+  };
+}
+
+/**
+ * Starts the daemon with `args` (daemonArgs) and waits for `ready`; returns its pid. Also how a
+ * VMM restarts a daemon that died: the same arguments, the same mount point (the daemon detaches
+ * the dead mount first).
+ */
+export async function spawnVdpaDaemon(dir: string, args: string[], logFile?: string, timeoutMs = 15000): Promise<number> {
+  const logPath = logFile ?? join(tmpdir(), `minivmm-vdpa-${dir.replace(/[^A-Za-z0-9]+/g, '_')}.log`);
+  const logFd = openSync(logPath, 'a');
+  const child = spawn(process.execPath, [daemonScript(), ...args], { detached: true, stdio: ['ignore', 'pipe', logFd] });
   closeSync(logFd);
   const pid = child.pid!;
   await new Promise<void>((res, rej) => {
     let out = '';
-    const timer = setTimeout(() => fail(new Error(`vdpa daemon did not become ready in ${o.timeoutMs ?? 15000} ms (log: ${logFile})`)), o.timeoutMs ?? 15000);
+    const timer = setTimeout(() => fail(new Error(`vdpa daemon did not become ready in ${timeoutMs} ms (log: ${logPath})`)), timeoutMs);
     const fail = (e: Error) => { clearTimeout(timer); try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } rej(e); };
     child.on('exit', (code) => {
       let tail = '';
-      try { tail = readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' | '); } catch { /* none */ }
+      try { tail = readFileSync(logPath, 'utf8').trim().split('\n').slice(-3).join(' | '); } catch { /* none */ }
       fail(new Error(`vdpa daemon exited with ${code} before ready: ${tail}`));
     });
     child.stdout!.on('data', (d: Buffer) => {
@@ -139,12 +153,5 @@ export async function startVdpaDaemon(o: StartVdpaOptions): Promise<VdpaDaemon> 
   });
   child.stdout!.destroy();
   child.unref();
-  let exited = false;
-  child.on('exit', () => { exited = true; });
-  return {
-    pid, dir,
-    paths: o.devices.map((d) => join(dir, d.name)),
-    status: () => readDaemonStatus(dir),
-    async stop() { void exited; await stopVdpaDaemon(pid, dir); },
-  };
+  return pid;
 }
