@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { errnoOf } from './vdpa-helpers.js';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describeWith } from './facility.js';
@@ -34,6 +34,20 @@ describeWith(['fuse', 'root'], 'vdpa daemon', () => {
     });
   });
   afterAll(async () => { await d?.stop(); });
+
+  it('the faults file arms injections; a bad line is refused with EINVAL and arms nothing', () => {
+    const faults = join(d.dir, 'faults');
+    const refused = (text: string) => { try { writeFileSync(faults, text); return 'OK'; } catch (e) { return (e as NodeJS.ErrnoException).code; } };
+    for (const bad of ['nosuch new-owner EBUSY', 'net-va frobnicate EBUSY', 'net-va new-owner ENOTANERRNO', 'net-va new-owner EBUSY 0',
+      'net-va remap delay:0', 'net-va remap delay:999999', 'net-va new-owner EBUSY 1 extra', 'net-pa update ENOMEM\nnet-va remap']) {
+      expect(refused(bad), bad).toBe('EINVAL');
+    }
+    expect(d.status().devices.every((x) => Object.keys(x.faults).length === 0)).toBe(true);
+    expect(refused('net-up new-owner EBUSY 2\nblk-pa suspend delay:5')).toBe('OK');
+    expect(JSON.parse(readFileSync(faults, 'utf8'))).toMatchObject({ 'net-up': { 'new-owner': { errno: 'EBUSY', times: 2 } }, 'blk-pa': { suspend: { delayMs: 5, times: 1 } } });
+    expect(refused('net-up new-owner off\nblk-pa suspend off')).toBe('OK');
+    expect(d.status().devices.every((x) => Object.keys(x.faults).length === 0)).toBe(true);
+  });
 
   it('serves one file per device and a status file', () => {
     expect(d.paths.map((p) => p.split('/').pop())).toEqual(['net-va', 'net-pa', 'blk-va', 'blk-pa', 'net-up']);
