@@ -1,12 +1,13 @@
 // `npm run bench`: the performance story. Reports, never fails a test run.
 //   npm run bench -- [--sizes 1G,2G,4G,8G,16G] [--updates N] [--json] [--pin-cost-ms-per-gib N]
-// 1. cpr-exec blackout of `netloop` on an embedded net,pa device (it pins, like hardware) against
-//    guest RAM size: the new-owner path and the forced fallback (reopen + re-pin), interleaved.
+// 1. Live-update blackout of `netloop` on an embedded net,pa device (it pins, like hardware)
+//    against guest RAM size, interleaved in one VM: cpr-exec on the new-owner path, cpr-exec on
+//    the forced fallback (reopen + re-pin), and cpr-transfer to a pre-started process.
 // 2. VMM start to the guest's first instruction; QMP round trip; the no-device blackout (counter);
 //    host-driven frames/s through the embedded device's loopback.
 import { parseArgs } from 'node:util';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir, cpus, totalmem, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,28 +28,44 @@ export function machineInfo(): Record<string, unknown> {
   return { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, memory_gib: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, date: new Date().toISOString() };
 }
 
-interface Vm { child: ChildProcess; qmp: string; out: () => string; stop: () => Promise<void> }
+interface Vm { child: ChildProcess; qmp: string; args: string[]; out: () => string; stop: () => Promise<void>; prepareIncoming: () => Promise<{ sock: string; child: ChildProcess }> }
 
+/** A VM whose process may change (cpr-transfer): `child` is the current one, `out` all guest output. */
 async function startVm(args: string[], dir: string, waitRe: RegExp): Promise<Vm & { spawnedAt: number }> {
   const qmp = join(dir, `qmp-${Math.random().toString(36).slice(2)}.sock`);
   const spawnedAt = Date.now();
-  const child = spawn(process.execPath, [BIN, 'run', ...args, '--qmp', qmp, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '', err = '';
-  child.stdout!.on('data', (d) => { out += d; });
-  child.stderr!.on('data', (d) => { err += d; });
+  let out = '', err = '', n = 0;
+  const launch = (extra: string[]) => {
+    const c = spawn(process.execPath, [BIN, 'run', ...args, '--qmp', qmp, '--log-level', 'warn', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    c.stdout!.on('data', (d) => { out += d; });
+    c.stderr!.on('data', (d) => { err += d; });
+    return c;
+  };
+  const vm: Vm & { spawnedAt: number } = {
+    child: launch([]), qmp, args, spawnedAt, out: () => out,
+    stop: async () => {
+      try { const c = await QmpConnection.connect(qmp); await c.execute('quit').catch(() => undefined); c.close(); } catch { vm.child.kill('SIGKILL'); }
+      await new Promise((r) => (vm.child.exitCode !== null ? r(null) : vm.child.once('close', r)));
+    },
+    prepareIncoming: async () => {
+      const sock = join(dir, `incoming-${++n}.sock`);
+      const child = launch(['--incoming', `cpr-transfer:${sock}`]);
+      const deadline = Date.now() + 60_000;
+      while (!existsSync(sock)) {
+        if (child.exitCode !== null) throw new Error(`incoming process exited (${child.exitCode}): ${err.trim().split('\n').pop()}`);
+        if (Date.now() > deadline) throw new Error('incoming process did not listen');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      return { sock, child };
+    },
+  };
   const deadline = Date.now() + 120_000;
   while (!waitRe.test(out)) {
-    if (child.exitCode !== null) throw new Error(`VM exited (${child.exitCode}): ${err.trim().split('\n').pop()}`);
+    if (vm.child.exitCode !== null) throw new Error(`VM exited (${vm.child.exitCode}): ${err.trim().split('\n').pop()}`);
     if (Date.now() > deadline) throw new Error(`VM did not print ${waitRe}`);
     await new Promise((r) => setTimeout(r, 20));
   }
-  return {
-    child, qmp, spawnedAt, out: () => out,
-    stop: async () => {
-      try { const c = await QmpConnection.connect(qmp); await c.execute('quit').catch(() => undefined); c.close(); } catch { child.kill('SIGKILL'); }
-      await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('close', r)));
-    },
-  };
+  return vm;
 }
 
 type Update = { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; phases: Record<string, number> } };
@@ -72,7 +89,20 @@ async function update(vm: Vm, extra: Record<string, unknown> = {}): Promise<Upda
   return r;
 }
 
-/** Blackout against RAM size, both paths interleaved in the same VM. */
+/** cpr-transfer to a freshly started incoming process; the VM's process becomes that one. */
+async function transfer(vm: Vm): Promise<Update> {
+  const { sock, child } = await vm.prepareIncoming();
+  const r = await update(vm, { mode: 'cpr-transfer', uri: `unix:${sock}` });
+  const old = vm.child;
+  vm.child = child;
+  // The old process unmaps all of RAM as it exits: let that finish before the next measurement.
+  await new Promise((res) => (old.exitCode !== null ? res(null) : old.once('close', res)));
+  return r;
+}
+
+const KINDS = ['new-owner', 'fallback', 'cpr-transfer'] as const;
+
+/** Blackout against RAM size, the three kinds interleaved in the same VM. */
 async function blackoutVsRam(sizes: string[], n: number, dir: string, pinCost: number | undefined) {
   const results: Record<string, unknown>[] = [];
   for (const size of sizes) {
@@ -80,19 +110,20 @@ async function blackoutVsRam(sizes: string[], n: number, dir: string, pinCost: n
     const t0 = Date.now();
     const vm = await startVm(['--guest', 'netloop', '--memory', size, '--vdpa', `sim:net,pa${pinCost !== undefined ? `,pin-cost=${pinCost}` : ''}`], dir, /^net sent=/m);
     const startS = (Date.now() - t0) / 1000;
-    const series = { 'new-owner': newSeries(), fallback: newSeries() };
+    const series = { 'new-owner': newSeries(), fallback: newSeries(), 'cpr-transfer': newSeries() };
     for (let i = 0; i < n; i++) {
-      for (const path of ['new-owner', 'fallback'] as const) {
-        const r = await update(vm, { 'x-vdpa-path': path === 'fallback' ? 'fallback' : 'auto' });
-        if (r.cpr.path !== path) throw new Error(`asked for ${path}, got ${r.cpr.path}`);
+      for (const path of KINDS) {
+        const r = path === 'cpr-transfer' ? await transfer(vm) : await update(vm, { mode: 'cpr-exec', 'x-vdpa-path': path === 'fallback' ? 'fallback' : 'auto' });
+        if (r.cpr.path !== (path === 'fallback' ? 'fallback' : 'new-owner')) throw new Error(`asked for ${path}, got ${r.cpr.path}`);
         record(series[path], r);
         progress(`${size}: update ${i + 1}/${n} ${path.padEnd(9)} blackout ${r.downtime.toFixed(1)} ms`);
-        await new Promise((res) => setTimeout(res, 150));
+        // Settle: a fallback's unpinning and an exited process's unmapping run on after the update.
+        await new Promise((res) => setTimeout(res, 1000));
       }
     }
     const net = parseStats(vm.out()).net;
     await vm.stop();
-    for (const path of ['new-owner', 'fallback'] as const) {
+    for (const path of KINDS) {
       results.push({ path, size, gib: parseSize(size) / 2 ** 30, start_s: r1(startS), ...summarize(series[path]), net_lost: net?.lost ?? null });
     }
   }
@@ -153,12 +184,12 @@ async function plot(results: Record<string, unknown>[], machine: Record<string, 
   const values = results.map((r) => ({ ...r, hi: r.p90_ms as number, gib: r.gib as number }));
   const spec = compile({
     $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
-    title: { text: 'cpr-exec blackout against guest RAM (netloop on an embedded net,pa device)', subtitle: [`${machine.cpu}, ${machine.cores} cores, ${machine.kernel}, Node ${machine.node}`, command] },
+    title: { text: 'live-update blackout against guest RAM (netloop on an embedded net,pa device)', subtitle: [`${machine.cpu}, ${machine.cores} cores, ${machine.kernel}, Node ${machine.node}`, command] },
     width: 520, height: 300,
     data: { values },
     encoding: {
       x: { field: 'gib', type: 'quantitative', title: 'guest RAM (GiB)', scale: { type: 'log', base: 2 }, axis: { values: values.map((v) => v.gib as number) } },
-      color: { field: 'path', type: 'nominal', title: 'update path' },
+      color: { field: 'path', type: 'nominal', title: 'update', sort: [...KINDS], scale: { domain: [...KINDS] } },
     },
     layer: [
       { mark: { type: 'line', point: true }, encoding: { y: { field: 'median_ms', type: 'quantitative', title: 'blackout (ms): median, whisker to p90' } } },
@@ -191,7 +222,7 @@ async function main(): Promise<void> {
     const loopback = loopbackFramesPerSecond();
     progress('');
     const byPath = (p: string) => results.filter((r) => r.path === p) as { gib: number; median_ms: number; size: string }[];
-    const slopes = Object.fromEntries(['new-owner', 'fallback'].map((p) => [p, r2(slope(byPath(p).map((r) => [r.gib, r.median_ms])))]));
+    const slopes = Object.fromEntries(KINDS.map((p) => [p, r2(slope(byPath(p).map((r) => [r.gib, r.median_ms])))]));
     const ratios = Object.fromEntries(byPath('new-owner').map((r) => [r.size, r2((byPath('fallback').find((f) => f.size === r.size)?.median_ms ?? NaN) / r.median_ms)]));
     const out = {
       machine, command, results,
@@ -209,13 +240,14 @@ async function main(): Promise<void> {
     writeFileSync(`${stem}.svg`, await plot(results, machine, command));
     if (values.json) { process.stdout.write(`${JSON.stringify(out)}\n`); return; }
     console.log(`minivmm bench: ${machine.cpu}, ${machine.cores} cores, ${machine.memory_gib} GiB, Linux ${machine.kernel}, Node ${machine.node}`);
-    console.log(`\ncpr-exec blackout, netloop on sim:net,pa, ${n} updates per path and size (ms; phases are medians)`);
-    console.log('path       size  median    p90 |  pause   save   exec   load  decode   kvm devices new_owner remap  repin  resume');
+    console.log(`\nlive-update blackout, netloop on sim:net,pa, ${n} updates per kind and size (ms; phases are medians)`);
+    console.log('cpr-exec new-owner, cpr-exec fallback (forced), cpr-transfer (new-owner); "handoff" is the exec or the fd transfer');
+    console.log('kind         size  median    p90 |  pause   save handoff  load  decode   kvm devices new_owner remap  repin  resume');
     for (const r of results as { path: string; size: string; median_ms: number; p90_ms: number; phases: Record<string, number> }[]) {
-      const p = r.phases;
-      console.log(`${r.path.padEnd(10)} ${r.size.padStart(4)} ${String(r.median_ms).padStart(7)} ${String(r.p90_ms).padStart(6)} | ${['pause', 'save', 'exec', 'load', 'decode', 'kvm', 'devices', 'new_owner', 'remap', 'repin', 'resume'].map((k) => String(p[k] ?? '-').padStart(6)).join(' ')}`);
+      const p: Record<string, number> = { ...r.phases, handoff: r.phases.exec ?? r.phases.transfer };
+      console.log(`${r.path.padEnd(12)} ${r.size.padStart(4)} ${String(r.median_ms).padStart(7)} ${String(r.p90_ms).padStart(6)} | ${['pause', 'save', 'handoff', 'load', 'decode', 'kvm', 'devices', 'new_owner', 'remap', 'repin', 'resume'].map((k) => String(p[k] ?? '-').padStart(6)).join(' ')}`);
     }
-    console.log(`\nslope (ms/GiB): new-owner ${slopes['new-owner']}, fallback ${slopes.fallback}`);
+    console.log(`\nslope (ms/GiB): new-owner ${slopes['new-owner']}, fallback ${slopes.fallback}, cpr-transfer ${slopes['cpr-transfer']}`);
     console.log(`fallback / new-owner: ${Object.entries(ratios).map(([s, x]) => `${s} ${x}x`).join(', ')}`);
     console.log(`VMM start to first guest instruction: median ${out.startup_to_first_instruction_ms.median} ms, p90 ${out.startup_to_first_instruction_ms.p90} ms`);
     console.log(`QMP round trip (query-status): median ${out.qmp_round_trip_ms.median} ms, p90 ${out.qmp_round_trip_ms.p90} ms`);
