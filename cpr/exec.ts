@@ -3,7 +3,7 @@
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { close, execve, setCloexec, isCloexec } from '../src/libc.js';
-import { loadEncoder, writeSealedState, type NamedFd, type UpdateRecord } from './state.js';
+import { warmUpCodec, writeSealedState, type NamedFd, type UpdateRecord } from './state.js';
 import type { Vmm, Migrators } from '../vmm/vmm.js';
 import type { VhostVdpa, VdpaState } from '../devices/vhost-vdpa.js';
 import { log } from '../vmm/log.js';
@@ -66,13 +66,13 @@ export function saveForUpdate(vmm: Vmm, mode: UpdateRecord['mode'], t: UpdateRec
   return writeSealedState({
     machine: vmm.machine.save({ vdpa: prepared.map(([, s]) => s), vdpaDaemon: vmm.daemon }),
     fds: kept,
-    update: { n: vmm.history.length + 1, mode, t, history: vmm.history },
+    update: { n: vmm.updates + 1, mode, t, history: vmm.history },
   });
 }
 
 export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void> {
   const argv = command ?? defaultCommand();
-  await loadEncoder();
+  await warmUpCodec();
   const qmp = vmm.qmp;
   const t = { pauseStart: now(), paused: 0n };
   const wasRunning = vmm.machine.running;

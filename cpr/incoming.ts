@@ -14,6 +14,7 @@ import { MIGRATORS, restoreEnv } from './exec.js';
 import { setLogLevel } from '../vmm/log.js';
 
 const ms = (a: bigint, b: bigint): number => Number(b - a) / 1e6;
+const HISTORY_KEPT = 16;
 const round = (x: number): number => Math.round(x * 100) / 100;
 
 /** Reads the state blob from the inherited memfd (pread: no need to seek it back to 0). */
@@ -118,7 +119,9 @@ export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResu
       repin: sum('map'),
     },
   };
-  vmm.history = [...u.history, { n: u.n, downtime: result.downtime, path: result.path, phases: result.phases }];
+  vmm.updates = u.n;
+  // Only the last few records travel on: the state (and so the blackout) must not grow with the VM's age.
+  vmm.history = [...u.history, { n: u.n, downtime: result.downtime, path: result.path, phases: result.phases }].slice(-HISTORY_KEPT);
   vmm.migration = { status: 'completed', last: result };
   if (ms0.config.qmp) {
     const { QmpServer } = await import('../vmm/qmp.js');

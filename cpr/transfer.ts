@@ -10,7 +10,7 @@ import {
   socket, bind, listen, connect, acceptAsync, peerPid, setRecvTimeout, sendWithFds, recvWithFds, read, write, close, dup,
   SOCK_SEQPACKET, processAlive,
 } from '../src/libc.js';
-import { loadEncoder, decodeState, type CprState } from './state.js';
+import { warmUpCodec, decodeState, type CprState } from './state.js';
 import { keptFds, saveForUpdate } from './exec.js';
 import { readStateBlob, restoreVm } from './incoming.js';
 import { log } from '../vmm/log.js';
@@ -34,7 +34,7 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
     (await log()).error({ err: reason, rolled_back: rolledBack ?? false }, `cpr-transfer failed: ${reason}`);
     vmm.settle();
   };
-  await loadEncoder();
+  await warmUpCodec();
   // Only devices that can change owner while both processes live can be transferred.
   const stuck = vmm.vdpa.find((d) => d.updatePath !== 'new-owner' || vmm.params.vdpaPath === 'fallback');
   if (stuck) return fail(`vdpa device ${stuck.index} does not offer VHOST_NEW_OWNER: cpr-transfer needs it (use cpr-exec, which falls back)`);
@@ -106,6 +106,7 @@ function killAndWait(pid: number): void {
  */
 export async function incomingTransfer(path: string, smp: number): Promise<Vmm> {
   const shell = Machine.createShell(smp);
+  await warmUpCodec();
   if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
   const listener = socket(SOCK_SEQPACKET);
   bind(listener, path);

@@ -51,7 +51,8 @@ export class Vmm {
   params: { mode: string; cprExecCommand: string[] | null; vdpaPath: 'auto' | 'fallback'; transferTimeoutMs: number } =
     { mode: 'normal', cprExecCommand: null, vdpaPath: 'auto', transferTimeoutMs: 5000 };
   migration: MigrationInfo = { status: 'none' };
-  /** Updates this VM went through (carried across exec in the state). */
+  /** How many live updates this VM went through, and the last few of them (both carried in the state). */
+  updates = 0;
   history: UpdateRecord['history'] = [];
   private exiting = false;
   /** The VM is being shut down (exit hooks running). */
@@ -103,7 +104,7 @@ export class Vmm {
       this.pendingSignal ??= sig;
       return;
     }
-    process.stderr.write(`minivmm: ${sig}: shutting down the VM${this.history.length ? ` after live update ${this.history.length}` : ''}\n`);
+    process.stderr.write(`minivmm: ${sig}: shutting down the VM${this.updates ? ` after live update ${this.updates}` : ''}\n`);
     void this.exit(signalExitCode(sig));
   }
 
@@ -157,7 +158,7 @@ export class Vmm {
     q.register('query-migrate', () => this.queryMigrate());
     q.register('x-query-stats', () => {
       const at = this.machine.vcpus.firstRunAt;
-      return { 'first-run-ms': at ?? null, 'first-run-epoch-ms': at === undefined ? null : performance.timeOrigin + at, updates: this.history.length };
+      return { 'first-run-ms': at ?? null, 'first-run-epoch-ms': at === undefined ? null : performance.timeOrigin + at, updates: this.updates };
     });
     q.register('x-query-vdpa', () => ({
       daemon: this.daemon ?? null,

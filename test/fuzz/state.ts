@@ -3,48 +3,14 @@
 // object tree (a field deleted, retyped, emptied, nulled) re-encoded.
 import { crc32 } from 'node:zlib';
 import { Packr } from 'msgpackr';
-import type { CprState } from '../../cpr/state.js';
+import { sampleState } from '../../cpr/state.js';
 import { edgeU32, type Rng } from './prng.js';
 
 const HEADER = 20;
 const packr = new Packr({ useRecords: false, int64AsType: 'bigint', moreTypes: true } as never);
 
-/** A state shaped like what a paused `counter` VM with one vdpa device saves (x86-64 KVM sizes). */
-export function plausibleState(opts: { smp?: number; memory?: number; vdpa?: boolean } = {}): CprState {
-  const smp = opts.smp ?? 1, memory = opts.memory ?? 256 * 2 ** 20;
-  const msrs = Buffer.alloc(16 * 12);
-  [0x10, 0x174, 0x175, 0x176, 0x1a0, 0x277, 0xc0000080, 0xc0000081, 0xc0000082, 0xc0000084, 0xc0000100, 0xc0000102]
-    .forEach((idx, i) => { msrs.writeUInt32LE(idx, 16 * i); msrs.writeBigUInt64LE(BigInt(i * 0x1000), 16 * i + 8); });
-  const regs = Buffer.alloc(144); regs.writeBigUInt64LE(0x100000n, 128); regs.writeBigUInt64LE(2n, 136);
-  const vcpu = () => ({ regs: Buffer.from(regs), sregs: Buffer.alloc(312, 1), xsave: Buffer.alloc(4096), fpu: null, lapic: Buffer.alloc(1024, 2), mpState: 0, events: Buffer.alloc(64), msrs: Buffer.from(msrs) });
-  const layout = memory > 3 * 2 ** 30
-    ? [{ name: 'ram-low', gpa: 0, size: 3 * 2 ** 30 }, { name: 'ram-high', gpa: 4 * 2 ** 30, size: memory - 3 * 2 ** 30 }]
-    : [{ name: 'ram-low', gpa: 0, size: memory }];
-  const fds = layout.map((_, i) => ({ name: 'ram', id: i, fd: 20 + i }));
-  fds.push({ name: 'qmp', id: 0, fd: 30 });
-  const state: CprState = {
-    machine: {
-      config: { guest: '/opt/minivmm/dist/guests/counter.elf', memory, smp, serial: 'stdio', cmdline: 'iters=5000', qmp: '/tmp/minivmm-fuzz/qmp.sock', logLevel: 'warn', vdpa: opts.vdpa ? ['sim:net,va'] : [] },
-      cpuid: Buffer.alloc(8 + 40 * 60, 3),
-      memory: layout,
-      vcpus: Array.from({ length: smp }, vcpu),
-      irqchip: { picMaster: Buffer.alloc(520), picSlave: Buffer.alloc(520), ioapic: Buffer.alloc(520) },
-      pit: Buffer.alloc(112),
-      devices: { serial: [0, 0, 3, 0, 0, 0x60, 0, 0] },
-    },
-    fds,
-    update: { n: 3, mode: 'cpr-exec', t: { pauseStart: 1000n, paused: 2000n }, history: [{ n: 1, downtime: 12.5, path: 'none', phases: { pause: 0.1, save: 0.4 } }] },
-  };
-  if (opts.vdpa) {
-    fds.push({ name: 'vdpa', id: 0, fd: 31 });
-    state.machine.devices.vdpa = [{
-      index: 0, devicePath: '/tmp/minivmm-vdpa-x/vhost-vdpa-0', gsi: 16, base: 0xd0000000, deviceId: 1, deviceFeatures: '308830028', offered: '7fe', negotiated: '6',
-      vqs: 3, queueMax: 256, configSize: 24, transport: {} as never, status: 15, reset: false, bases: [0, 0, 0], mappings: [] as never, path: 'new-owner' as never,
-    }];
-    state.machine.devices.vdpaDaemon = { pid: 12345, dir: '/tmp/minivmm-vdpa-x' };
-  }
-  return state;
-}
+/** A state shaped like a real VM's (cpr/state.ts). */
+export const plausibleState = sampleState;
 
 /** Header (magic, version 1, length, CRC32) in front of a msgpack body. */
 export function frame(body: Buffer, version = 1): Buffer {
