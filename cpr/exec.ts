@@ -17,7 +17,14 @@ const now = (): bigint => process.hrtime.bigint();
 /** The fds the new image needs, by name. */
 export function keptFds(vmm: Vmm): NamedFd[] {
   const fds: NamedFd[] = vmm.machine.mem.regions.map((r, i) => ({ name: 'ram', id: i, fd: r.fd }));
-  for (const d of vmm.vdpa) if (d.keptFd !== null) fds.push({ name: 'vdpa', id: d.index, fd: d.keptFd });
+  for (const d of vmm.vdpa) {
+    if (d.keptFd !== null) fds.push({ name: 'vdpa', id: d.index, fd: d.keptFd });
+    const ev = d.keptEventfds;
+    if (ev) {
+      ev.kick.forEach((fd, q) => fds.push({ name: `vdpa-kick-${d.index}`, id: q, fd }));
+      ev.call.forEach((fd, q) => fds.push({ name: `vdpa-call-${d.index}`, id: q, fd }));
+    }
+  }
   if (vmm.machine.serialFd > 2) fds.push({ name: 'serial', id: 0, fd: vmm.machine.serialFd });
   if (vmm.qmp) fds.push({ name: 'qmp', id: 0, fd: vmm.qmp.fd });
   return fds;

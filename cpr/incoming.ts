@@ -76,7 +76,8 @@ export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResu
   const devices: NonNullable<UpdateResult['devices']> = [];
   for (const s of ms0.devices.vdpa ?? []) {
     const inherited = s.path === 'new-owner' ? findFd(fds, 'vdpa', s.index) : null;
-    const r = VhostVdpa.restore(s, inherited, vmm.machine.parts.vm, mem, inject);
+    const eventfds = (kind: string) => fds.filter((f) => f.name === `vdpa-${kind}-${s.index}`).sort((a, b) => a.id - b.id).map((f) => f.fd);
+    const r = VhostVdpa.restore(s, inherited, vmm.machine.parts.vm, mem, inject, { kick: eventfds('kick'), call: eventfds('call') });
     vmm.vdpa.push(r.dev);
     vmm.machine.mmioDevices.push(r.dev.transport);
     devices.push({ index: s.index, path: r.path, note: r.note, timings: Object.fromEntries(Object.entries(r.timings).map(([k, v]) => [k, round(v as number)])) });

@@ -31,6 +31,8 @@ export interface VdpaState {
   path: UpdatePath;
 }
 
+export interface Eventfds { kick: number[]; call: number[] }
+
 export interface RestoreTimings { newOwner?: number; remap?: number; map?: number; reopen?: number; rings: number; total: number }
 
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
@@ -101,14 +103,28 @@ export class VhostVdpa implements VirtioBackend {
     if (batch) msg(IOTLB.BATCH_END);
   }
 
-  /** Kick eventfds as KVM ioeventfds on QueueNotify (datamatch = queue), call eventfds as irqfds. */
-  private wire(vm: VmFd): void {
+  /**
+   * Kick eventfds as KVM ioeventfds on QueueNotify (datamatch = queue), call eventfds as irqfds.
+   * `kept`: the previous image's eventfds (the device still holds them), else new ones.
+   */
+  private wire(vm: VmFd, kept?: Eventfds): void {
+    this.vm = vm;
     for (let q = 0; q < this.vqs; q++) {
-      const k = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), c = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      const k = kept?.kick[q] ?? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), c = kept?.call[q] ?? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
       vm.ioeventfd(k, this.base + QUEUE_NOTIFY, 4, { datamatch: q });
       vm.irqfd(c, this.gsi);
       this.kick.push(k); this.call.push(c);
     }
+  }
+  private vm?: VmFd;
+
+  /**
+   * An eventfd can back one irqfd at a time across all VMs (Linux 6.16+: EBUSY), and a VM's
+   * irqfds go away asynchronously when it is destroyed. So the image handing its call eventfds
+   * on unbinds them first (a deassign waits for the unbinding to finish).
+   */
+  private setIrqfds(assign: boolean): void {
+    for (const c of this.call) this.vm!.irqfd(c, this.gsi, !assign);
   }
 
   // ---- VirtioBackend ----
@@ -184,6 +200,7 @@ export class VhostVdpa implements VirtioBackend {
       reset = !this.has(BACKEND_F.RESUME) || this.updatePath === 'fallback';
       if (reset && this.updatePath === 'new-owner') this.setDeviceStatus(0);
     }
+    if (this.keptEventfds) this.setIrqfds(false);
     return {
       index: this.index, devicePath: this.devicePath, gsi: this.gsi, base: this.base,
       deviceId: this.deviceId, deviceFeatures: hex(this.deviceFeatures), offered: hex(this.offered), negotiated: hex(this.negotiated),
@@ -194,6 +211,7 @@ export class VhostVdpa implements VirtioBackend {
 
   /** Old image, the exec failed: we are still the owner and our addresses are valid; restart. */
   resumeAfterFailedUpdate(saved: VdpaState): void {
+    if (saved.path === 'new-owner') this.setIrqfds(true);
     if (!(saved.status & S.DRIVER_OK)) return;
     if (saved.reset && saved.path === 'new-owner') this.reinit(saved.status, saved.bases);
     else if (this.has(BACKEND_F.RESUME)) vhost.resume(this.fd);
@@ -207,6 +225,11 @@ export class VhostVdpa implements VirtioBackend {
    */
   takeBack(saved: VdpaState, mem: GuestMemory): void {
     const running = (saved.status & S.DRIVER_OK) !== 0;
+    // The dead process's VM may still hold our call eventfds as irqfds (it is torn down
+    // asynchronously): take fresh ones; RESUME below points the device at them.
+    for (const c of this.call) { try { close(c); } catch { /* closed */ } }
+    this.call = this.call.map(() => eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    this.setIrqfds(true);
     if (running && this.has(BACKEND_F.SUSPEND)) vhost.suspend(this.fd);
     try { vhost.newOwner(this.fd); } catch (e) { if (!(e instanceof SyscallError && e.code === 'EBUSY')) throw e; }
     if (this.offered & BACKEND_F.IOTLB_REMAP) this.mapAll(mem, IOTLB.REMAP);
@@ -233,11 +256,18 @@ export class VhostVdpa implements VirtioBackend {
   get keptFd(): number | null { return this.updatePath === 'new-owner' ? this.fd : null; }
 
   /**
+   * The kick/call eventfds to keep with it (fast path): the device goes on polling and signalling
+   * the same files, so the new image only wires them into its VM and needs no SET_VRING_KICK/CALL
+   * (spec §4.2: "re-point kick/call if the eventfds changed"): fewer round trips in the blackout.
+   */
+  get keptEventfds(): Eventfds | null { return this.updatePath === 'new-owner' ? { kick: this.kick, call: this.call } : null; }
+
+  /**
    * New image. Fast path: NEW_OWNER on the inherited fd, REMAP every entry in one batch when the
    * device keeps virtual addresses, re-point kick/call at the new VM and RESUME (or re-walk the
    * status after a reset). Fallback: reopen, SET_OWNER, UPDATE everything (re-pins), re-walk.
    */
-  static restore(s: VdpaState, inheritedFd: number | null, vm: VmFd, mem: GuestMemory, inject?: string): { dev: VhostVdpa; timings: RestoreTimings; path: UpdatePath; note?: string } {
+  static restore(s: VdpaState, inheritedFd: number | null, vm: VmFd, mem: GuestMemory, inject?: string, inheritedEventfds?: Eventfds): { dev: VhostVdpa; timings: RestoreTimings; path: UpdatePath; note?: string } {
     const t0 = process.hrtime.bigint();
     const timings: RestoreTimings = { rings: 0, total: 0 };
     let path: UpdatePath = s.path;
@@ -281,12 +311,15 @@ export class VhostVdpa implements VirtioBackend {
     }
     const tq = process.hrtime.bigint();
     try {
-      dev.wire(vm);
+      const kept = path === 'new-owner' && inheritedEventfds?.kick.length === s.vqs && inheritedEventfds.call.length === s.vqs ? inheritedEventfds : undefined;
+      if (!kept && inheritedEventfds) for (const fd of [...inheritedEventfds.kick, ...inheritedEventfds.call]) { try { close(fd); } catch { /* closed */ } }
+      dev.wire(vm, kept);
       if (path === 'new-owner' && !s.reset) {
-        // The device kept its state: a running one gets new eventfds and RESUME; one the driver
-        // had not started yet (status < DRIVER_OK) carries on where it was.
+        // The device kept its state: a running one RESUMEs (re-pointed at new eventfds first, if
+        // the old ones did not come along); one the driver had not started yet (status <
+        // DRIVER_OK) carries on where it was.
         dev.deviceStatus = s.status;
-        if (s.status & S.DRIVER_OK) dev.resumeWithOwnEventfds();
+        if (s.status & S.DRIVER_OK) { if (kept) vhost.resume(dev.fd); else dev.resumeWithOwnEventfds(); }
       } else {
         dev.reinit(s.status, s.bases); // a reset or a fresh open: walk the status back up
       }
