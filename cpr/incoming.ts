@@ -68,7 +68,12 @@ export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResu
   const serialFd = ms0.config.serial === 'stdio' ? 1 : findFd(fds, 'serial');
   const inject = process.env.MINIVMM_INJECT;
   delete process.env.MINIVMM_INJECT;
-  const mem = GuestMemory.adopt(ms0.memory.map((r, i) => ({ ...r, fd: findFd(fds, 'ram', i) })));
+  // RAM the VM shell already has (cpr-transfer) must be the RAM the state describes.
+  const pre = hooks.shell?.mem;
+  if (pre && (pre.regions.length !== ms0.memory.length || pre.regions.some((r, i) => r.gpa !== ms0.memory[i].gpa || r.size !== ms0.memory[i].size || r.fd !== findFd(fds, 'ram', i)))) {
+    throw new Error('the RAM sent ahead does not match the state');
+  }
+  const mem = pre ?? GuestMemory.adopt(ms0.memory.map((r, i) => ({ ...r, fd: findFd(fds, 'ram', i) })));
   vmm.machine = Machine.restore(ms0, mem, serialFd, vmm.onVcpuEvent, hooks.shell);
   t.vm = process.hrtime.bigint();
   vmm.daemon = ms0.devices.vdpaDaemon;
@@ -87,6 +92,11 @@ export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResu
     // Fault injection (tests, demo): die with the devices taken over and before acknowledging.
     process.stderr.write('minivmm: injected crash of the new process before it acknowledges\n');
     process.kill(process.pid, 'SIGKILL');
+  }
+  if (inject === 'new-process-hang') {
+    // Fault injection (tests): go silent (stopped) with the devices taken over, before acknowledging.
+    process.stderr.write('minivmm: injected hang of the new process before it acknowledges\n');
+    process.kill(process.pid, 'SIGSTOP');
   }
   hooks.beforeResume?.();
   vmm.machine.start();

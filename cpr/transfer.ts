@@ -5,7 +5,7 @@
 // and exits; only then does the new one run the guest. If `ready` does not come (the new process
 // died, failed or went silent), the old one kills it, takes its devices back (NEW_OWNER again,
 // REMAP to its own addresses) and resumes the guest: rollback. Two processes never run the guest.
-import { existsSync, lstatSync, unlinkSync, chmodSync } from 'node:fs';
+import { existsSync, lstatSync, unlinkSync, chmodSync, renameSync } from 'node:fs';
 import {
   socket, bind, listen, connect, acceptAsync, peerPid, setRecvTimeout, sendWithFds, recvWithFds, read, write, close, dup,
   SOCK_SEQPACKET, processAlive,
@@ -15,14 +15,17 @@ import { keptFds, saveForUpdate } from './exec.js';
 import { readStateBlob, restoreVm } from './incoming.js';
 import { log } from '../vmm/log.js';
 import { Machine } from '../vmm/machine.js';
+import { GuestMemory } from '../src/memory.js';
 import { recordSignals, type Vmm } from '../vmm/vmm.js';
 import type { VhostVdpa, VdpaState } from '../devices/vhost-vdpa.js';
 
-const MAGIC = 'minivmm-cpr-transfer', VERSION = 1;
+const MAGIC = 'minivmm-cpr-transfer', VERSION = 2;
 export const DEFAULT_TRANSFER_TIMEOUT_MS = 5000;
 const now = (): bigint => process.hrtime.bigint();
 
 interface Header { magic: string; version: number; saved: string; sent: string }
+/** The first message, sent while the guest still runs: the RAM memfds, which never change. */
+interface MemoryHeader { magic: string; version: number; memory: { name: string; gpa: number; size: number }[] }
 
 /** Old image. `uri` is "unix:PATH" of the waiting new process. */
 export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRANSFER_TIMEOUT_MS): Promise<void> {
@@ -41,6 +44,20 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
   let sock: number;
   try { sock = socket(SOCK_SEQPACKET); connect(sock, path); } catch (e) { return fail(`cannot reach the new process at ${path}: ${(e as Error).message}`); }
   const peer = peerPid(sock);
+  // Before pausing: hand over the RAM memfds, so the new process maps them and registers them
+  // with its VM (KVM memory slots cost ~0.6 ms/GiB) while the guest still runs here.
+  try {
+    setRecvTimeout(sock, timeoutMs);
+    const regions = vmm.machine.mem.regions;
+    const mh: MemoryHeader = { magic: MAGIC, version: VERSION, memory: regions.map((r) => ({ name: r.name, gpa: r.gpa, size: r.size })) };
+    sendWithFds(sock, Buffer.from(JSON.stringify(mh)), regions.map((r) => r.fd));
+    const answer = (await recvWithFds(sock, 256, 0)).data.toString();
+    if (answer !== 'mapped') throw new Error(answer ? `the new process refused the memory: ${answer}` : 'the new process closed the connection');
+  } catch (e) {
+    close(sock);
+    killAndWait(peer); // it holds our RAM now: it must not live on (stopped, or confused)
+    return fail(`cpr-transfer to ${path} failed before pausing the guest: ${(e as { code?: string }).code === 'EAGAIN' ? `no answer within ${timeoutMs} ms` : (e as Error).message}`);
+  }
 
   vmm.migration.status = 'active';
   qmp?.event('MIGRATION', { status: 'active' });
@@ -57,11 +74,10 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
     const kept = keptFds(vmm);
     stateFd = saveForUpdate(vmm, 'cpr-transfer', t, kept, prepared);
     const header: Header = { magic: MAGIC, version: VERSION, saved: String(now()), sent: String(now()) };
-    sendWithFds(sock, Buffer.from(JSON.stringify(header)), [stateFd, ...kept.map((k) => k.fd)]);
+    sendWithFds(sock, Buffer.from(JSON.stringify(header)), [stateFd, ...kept.filter((k) => k.name !== 'ram').map((k) => k.fd)]);
     close(stateFd); stateFd = -1;
     // Stop accepting monitor connections (the new process will), but keep a copy for a rollback.
     if (qmp) { qmpCopy = dup(qmp.fd); qmp.stopListening(); }
-    setRecvTimeout(sock, timeoutMs);
     const answer = (await recvWithFds(sock, 256, 0)).data.toString();
     if (answer === 'ready') {
       write('cpr-transfer commit', sock, Buffer.from('commit'));
@@ -108,14 +124,31 @@ export async function incomingTransfer(path: string, smp: number): Promise<Vmm> 
   const shell = Machine.createShell(smp);
   await warmUpCodec();
   if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
+  // Bound under a temporary name and renamed once listening: whoever sees PATH can connect.
   const listener = socket(SOCK_SEQPACKET);
-  bind(listener, path);
-  chmodSync(path, 0o600);
+  const tmp = `${path}.${process.pid}.tmp`;
+  bind(listener, tmp);
+  chmodSync(tmp, 0o600);
   listen(listener, 1);
+  renameSync(tmp, path);
   process.stderr.write(`minivmm: waiting for cpr-transfer on ${path}\n`);
   const conn = await acceptAsync(listener);
   close(listener);
   try { unlinkSync(path); } catch { /* gone */ }
+  // First the RAM (the guest still runs in the old process): map it and register it with the VM.
+  let ramFds: number[] = [];
+  try {
+    const m = await recvWithFds(conn, 4096, 16);
+    ramFds = m.fds;
+    const mh = JSON.parse(m.data.toString()) as MemoryHeader;
+    if (mh.magic !== MAGIC || mh.version !== VERSION) throw new Error(`not a minivmm cpr-transfer v${VERSION} message`);
+    if (!Array.isArray(mh.memory) || !mh.memory.length || mh.memory.length !== ramFds.length) throw new Error('the memory message does not match its fds');
+    Machine.addMemory(shell, GuestMemory.adopt(mh.memory.map((r, i) => ({ name: String(r.name), gpa: Number(r.gpa), size: Number(r.size), fd: ramFds[i] }))));
+    write('cpr-transfer mapped', conn, Buffer.from('mapped'));
+  } catch (e) {
+    try { write('cpr-transfer refusal', conn, Buffer.from(`bad memory: ${(e as Error).message}`)); } catch { /* gone */ }
+    throw e;
+  }
   const { data, fds } = await recvWithFds(conn, 4096, 250);
   const arrived = now();
   // From here this process holds the guest's fds: a signal must not kill it half-way.
@@ -128,8 +161,12 @@ export async function incomingTransfer(path: string, smp: number): Promise<Vmm> 
     if (fds.length < 1) throw new Error('no state fd in the message');
     state = decodeState(readStateBlob(fds[0]));
     close(fds[0]);
-    if (state.fds.length !== fds.length - 1) throw new Error(`the state names ${state.fds.length} fds, the message carried ${fds.length - 1}`);
-    state.fds = state.fds.map((f, i) => ({ ...f, fd: fds[i + 1] }));
+    // RAM came first; the rest follow the state fd in the state's order.
+    const others = state.fds.filter((f) => f.name !== 'ram');
+    if (others.length !== fds.length - 1) throw new Error(`the state names ${others.length} fds besides RAM, the message carried ${fds.length - 1}`);
+    let k = 1;
+    state.fds = state.fds.map((f) => ({ ...f, fd: f.name === 'ram' ? ramFds[f.id] ?? -1 : fds[k++] }));
+    if (state.fds.some((f) => f.fd < 0)) throw new Error('the state names a RAM region the memory message did not carry');
   } catch (e) {
     try { write('cpr-transfer refusal', conn, Buffer.from(`bad transfer: ${(e as Error).message}`)); } catch { /* gone */ }
     throw e;

@@ -72,7 +72,22 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
     await flowsClean(vm, vm.out.length);
   }, 180_000);
 
-  it('rolls back when the new process goes silent (stopped): it is killed, the guest stays', async () => {
+  it('rolls back when the new process goes silent (stopped) after taking the devices: it is killed, the guest stays', async () => {
+    vm = new MovingVm(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', 'sim:net']);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
+    const { sock, child } = await vm.prepareIncoming({ ...process.env, MINIVMM_INJECT: 'new-process-hang' });
+    const mark = vm.out.length;
+    const r = await runUpdate(vm.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}`, 'x-transfer-timeout-ms': 1000 }) as Result;
+    expect(r.status).toBe('failed');
+    expect(r.rolled_back).toBe(true);
+    expect(r['error-desc']).toMatch(/not ready within 1000 ms/);
+    await new Promise((res) => (child.signalCode ? res(null) : child.once('close', res)));
+    expect(child.signalCode).toBe('SIGKILL');
+    expect(vm.err).toMatch(/injected hang of the new process/);
+    await flowsClean(vm, mark);
+  }, 120_000);
+
+  it('a new process silent from the start (stopped) fails the transfer before the guest pauses; it is killed', async () => {
     vm = new MovingVm(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', 'sim:net']);
     await vm.waitFor(/^net sent=.*\n/m, 60_000);
     const { sock, child } = await vm.prepareIncoming();
@@ -80,8 +95,8 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
     const mark = vm.out.length;
     const r = await runUpdate(vm.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}`, 'x-transfer-timeout-ms': 1000 }) as Result;
     expect(r.status).toBe('failed');
-    expect(r.rolled_back).toBe(true);
-    expect(r['error-desc']).toMatch(/not ready within 1000 ms/);
+    expect(r.rolled_back).toBeUndefined(); // nothing to roll back: the guest never paused
+    expect(r['error-desc']).toMatch(/failed before pausing the guest: no answer within 1000 ms/);
     await new Promise((res) => (child.signalCode ? res(null) : child.once('close', res)));
     expect(child.signalCode).toBe('SIGKILL');
     await flowsClean(vm, mark);

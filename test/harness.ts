@@ -148,7 +148,8 @@ export class MovingVm {
     const sock = join(this.dir, `incoming-${++this.n}.sock`);
     const child = this.launch(['--incoming', `cpr-transfer:${sock}`], env);
     const deadline = Date.now() + 30_000;
-    while (!existsSync(sock)) {
+    // The socket file appears at bind(); the line comes after listen().
+    while (!existsSync(sock) || !this.err.includes(`waiting for cpr-transfer on ${sock}`)) {
       if (child.exitCode !== null) throw new Error(`incoming process exited ${child.exitCode}: ${this.err.slice(-300)}`);
       if (Date.now() > deadline) throw new Error('incoming process did not listen');
       await new Promise((r) => setTimeout(r, 10));

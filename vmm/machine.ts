@@ -18,7 +18,8 @@ const MSR_CANDIDATES = [
 ];
 
 export interface MachineParts { kvm: Kvm; vm: VmFd; mem: GuestMemory; vcpus: VcpuFd[]; runSize: number; cpuid: Buffer }
-export type VmShell = Omit<MachineParts, 'mem' | 'cpuid'>;
+/** A VM made ahead of its state; `mem` once RAM is registered with it (cpr-transfer). */
+export type VmShell = Omit<MachineParts, 'mem' | 'cpuid'> & { mem?: GuestMemory };
 
 /** An MMIO region on the bus (virtio-mmio transports register here). */
 export interface MmioDevice { base: number; size: number; read(offset: number, data: Buffer): void; write(offset: number, data: Buffer): void }
@@ -62,8 +63,9 @@ export class Machine {
 
   /** A new VM over `mem`, with irqchip, PIT and vCPUs (CPUID set). */
   static buildVm(mem: GuestMemory, smp: number, cpuid?: Buffer, shell?: VmShell): MachineParts {
-    const { kvm, vm, vcpus, runSize } = shell && shell.vcpus.length === smp ? shell : Machine.createShell(smp);
-    mem.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, r.hostAddr));
+    const usable = shell && shell.vcpus.length === smp ? shell : undefined;
+    const { kvm, vm, vcpus, runSize } = usable ?? Machine.createShell(smp);
+    if (usable?.mem !== mem) mem.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, r.hostAddr));
     const id = cpuid ?? kvm.supportedCpuid();
     for (const v of vcpus) v.setCpuid2(id);
     return { kvm, vm, mem, vcpus, runSize, cpuid: id };
@@ -82,6 +84,12 @@ export class Machine {
     const runSize = kvm.vcpuMmapSize();
     const vcpus = Array.from({ length: smp }, (_, i) => new VcpuFd(vm.createVcpu(i), i, runSize));
     return { kvm, vm, vcpus, runSize };
+  }
+
+  /** Registers RAM with a shell's VM ahead of the state (its memory slots are the shell's from then on). */
+  static addMemory(shell: VmShell, mem: GuestMemory): void {
+    mem.regions.forEach((r, slot) => shell.vm.setUserMemoryRegion(slot, r.gpa, r.size, r.hostAddr));
+    shell.mem = mem;
   }
 
   /** A fresh machine: RAM, VM and vCPUs, no guest loaded yet (devices attach in between). */
