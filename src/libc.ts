@@ -133,6 +133,10 @@ export const gettid = (): number => sys('gettid', 'syscall', [T.I64], [SYS_getti
 export const tgkill = (tgid: number, tid: number, sig: number): void => {
   sys('tgkill', 'syscall', [T.I64, T.I64, T.I64, T.I64], [SYS_tgkill, tgid, tid, sig]);
 };
+/** Reaps `pid` if it is an exited child of ours (WNOHANG); false if it is not (yet), or not ours. */
+export function reapChild(pid: number): boolean {
+  try { return sys('waitpid', 'waitpid', [T.I32, T.U64, T.I32], [pid, 0, 1 /* WNOHANG */]) === pid; } catch { return false; }
+}
 export const pidfdOpen = (pid: number): number =>
   sys('pidfd_open', 'syscall', [T.I64, T.I64, T.I64], [SYS_pidfd_open, pid, 0]);
 export const pidfdGetfd = (pidfd: number, targetfd: number): number =>

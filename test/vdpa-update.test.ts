@@ -194,6 +194,8 @@ describeWith(['kvm', 'fuse', 'root'], 'the device daemon killed under a running 
   it('is restarted and its devices re-attached: traffic resumes, the disk keeps its data, updates still take the fast path', async () => {
     vm = await VmProcess.start(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk,pa']);
     await vm.waitFor(/^blk written=.*\n/m, 60_000);
+    // One update first: the daemon is then a child that this (exec'd) image did not spawn.
+    expect((await runUpdate(vm.qmpPath, null, 30_000) as Update).status).toBe('completed');
     const c = await vm.qmp();
     const before = (await c.execute('x-query-vdpa') as { daemon: { pid: number; dir: string; files: string[] } }).daemon;
     const restarted = c.event('VDPA_DAEMON_RESTARTED', 30_000);
@@ -205,6 +207,7 @@ describeWith(['kvm', 'fuse', 'root'], 'the device daemon killed under a running 
     const after = (await c.execute('x-query-vdpa') as { daemon: { pid: number; restarts: number } }).daemon;
     c.close();
     expect(after).toMatchObject({ pid: ev.data.pid, restarts: 1 });
+    expect(existsSync(`/proc/${before.pid}`)).toBe(false); // reaped, not left a zombie
     const dev = readDaemonStatus(before.dir).devices;
     expect(dev.map((d) => [d.owner?.pid, d.status])).toEqual([[vm.child.pid, 0x0f], [vm.child.pid, 0x0f]]);
     await trafficFlows(vm, mark);

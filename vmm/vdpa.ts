@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
 import { VIRTIO_MMIO_SIZE } from '../devices/virtio-mmio.js';
 import type { Machine } from './machine.js';
-import { prlimit, RLIMIT_MEMLOCK, processAlive } from '../src/libc.js';
+import { prlimit, RLIMIT_MEMLOCK, processAlive, reapChild } from '../src/libc.js';
 import type { BootDevice } from './boot.js';
 import type { Vmm } from './vmm.js';
 import { log } from './log.js';
@@ -140,6 +140,9 @@ export function watchDaemon(vmm: Vmm): void {
 
 async function recoverDaemon(vmm: Vmm, d: DaemonRef): Promise<void> {
   const t0 = performance.now();
+  // Our child since the first image (exec keeps the pid), which Node no longer tracks after an
+  // exec: reap it, or it stays a zombie until the VM ends.
+  reapChild(d.pid);
   const { spawnVdpaDaemon } = await import('../devices/vdpa/launch.js');
   process.stderr.write(`minivmm: vdpa daemon (pid ${d.pid}) is gone; restarting it and re-attaching its devices\n`);
   const pid = await spawnVdpaDaemon(d.dir, d.args!);
