@@ -9,7 +9,7 @@ import { decodeState, findFd, type CprState } from './state.js';
 import { STATE_ENV, TIMES_ENV } from './exec.js';
 import { Vmm, VERSION, recordSignals, type UpdateResult, type EarlySignals } from '../vmm/vmm.js';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
-import { stopDaemon, watchDaemon } from '../vmm/vdpa.js';
+import { stopDaemon, watchDaemon, restartDaemonIfGone } from '../vmm/vdpa.js';
 import { MIGRATORS, restoreEnv } from './exec.js';
 import { setLogLevel } from '../vmm/log.js';
 
@@ -82,7 +82,16 @@ export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResu
   for (const s of ms0.devices.vdpa ?? []) {
     const inherited = s.path === 'new-owner' ? findFd(fds, 'vdpa', s.index) : null;
     const eventfds = (kind: string) => fds.filter((f) => f.name === `vdpa-${kind}-${s.index}`).sort((a, b) => a.id - b.id).map((f) => f.fd);
-    const r = VhostVdpa.restore(s, inherited, vmm.machine.parts.vm, mem, inject, { kick: eventfds('kick'), call: eventfds('call') });
+    let r: ReturnType<typeof VhostVdpa.restore>;
+    try {
+      r = VhostVdpa.restore(s, inherited, vmm.machine.parts.vm, mem, inject, { kick: eventfds('kick'), call: eventfds('call') });
+    } catch (e) {
+      // The embedded daemon died during the update: start it again and bring the device up by
+      // the slow path (a fresh device, the saved ring bases), rather than lose the guest.
+      if (inject || !s.devicePath.startsWith(`${vmm.daemon?.dir}/`) || !await restartDaemonIfGone(vmm)) throw e;
+      r = VhostVdpa.restore({ ...s, path: 'fallback' }, null, vmm.machine.parts.vm, mem, undefined, { kick: eventfds('kick'), call: eventfds('call') });
+      r.note = `the device daemon died during the update (${(e as Error).message}); restarted, device re-acquired by the slow path`;
+    }
     vmm.vdpa.push(r.dev);
     vmm.machine.mmioDevices.push(r.dev.transport);
     devices.push({ index: s.index, path: r.path, note: r.note, timings: Object.fromEntries(Object.entries(r.timings).map(([k, v]) => [k, round(v as number)])) });

@@ -228,4 +228,25 @@ describeWith(['kvm', 'fuse', 'root'], 'the device daemon killed under a running 
     expect(daemonStopped({ pid: ev.data.pid, dir: before.dir })).toBe(true);
     for (const f of before.files) expect(existsSync(f)).toBe(false);
   }, 180_000);
+
+  it('dies during a cpr-exec update: the new image restarts it and takes the device by the slow path, the guest is kept', async () => {
+    vm = await VmProcess.start(['--guest', 'netloop', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net']);
+    await vm.waitFor(/^net sent=.*\n/m, 60_000);
+    const before = await daemonOf(vm);
+    injectVdpaFault(before.dir, 'vhost-vdpa-0', 'new-owner', 'delay:3000'); // the new image's NEW_OWNER waits in the daemon
+    const update = runUpdate(vm.qmpPath, null, 30_000) as Promise<Update>;
+    // The exec and the restore up to NEW_OWNER take well under a second; the hold lasts 3 s.
+    await new Promise((r) => setTimeout(r, 1200));
+    const mark = vm.stdout.length;
+    process.kill(before.pid, 'SIGKILL');
+    const r = await update;
+    expect(r.status, r['error-desc']).toBe('completed');
+    expect(r.cpr.devices[0].path).toBe('fallback');
+    expect(r.cpr.devices[0].note).toMatch(/device daemon died during the update/);
+    const after = await daemonOf(vm) as { pid: number; restarts?: number };
+    expect(after.pid).not.toBe(before.pid);
+    expect(after.restarts).toBe(1);
+    await trafficFlows(vm, mark);
+    expect(parseStats(vm.stdout).net!.corrupt).toBe(0);
+  }, 120_000);
 });

@@ -138,18 +138,30 @@ export function watchDaemon(vmm: Vmm): void {
   vmm.exitHooks.unshift(() => clearInterval(timer)); // before the daemon is stopped on purpose
 }
 
-async function recoverDaemon(vmm: Vmm, d: DaemonRef): Promise<void> {
-  const t0 = performance.now();
+/**
+ * Starts the daemon again if it is gone (same arguments, same mount); true if it did. Also used by
+ * a new image whose daemon died during the update, before it brings the devices up again.
+ */
+export async function restartDaemonIfGone(vmm: Vmm): Promise<boolean> {
+  const d = vmm.daemon;
+  if (!d?.args || processAlive(d.pid)) return false;
   // Our child since the first image (exec keeps the pid), which Node no longer tracks after an
   // exec: reap it, or it stays a zombie until the VM ends.
   reapChild(d.pid);
   const { spawnVdpaDaemon } = await import('../devices/vdpa/launch.js');
-  process.stderr.write(`minivmm: vdpa daemon (pid ${d.pid}) is gone; restarting it and re-attaching its devices\n`);
-  const pid = await spawnVdpaDaemon(d.dir, d.args!);
+  process.stderr.write(`minivmm: vdpa daemon (pid ${d.pid}) is gone; restarting it\n`);
+  const pid = await spawnVdpaDaemon(d.dir, d.args);
   vmm.daemon = { ...d, pid, restarts: (d.restarts ?? 0) + 1 };
+  return true;
+}
+
+async function recoverDaemon(vmm: Vmm, d: DaemonRef): Promise<void> {
+  const t0 = performance.now();
+  if (!await restartDaemonIfGone(vmm)) return;
   const served = vmm.vdpa.filter((dev) => dev.devicePath.startsWith(`${d.dir}/`));
   for (const dev of served) dev.reattach(vmm.machine.mem);
   const outage = Math.round((performance.now() - t0) * 10) / 10;
+  const pid = vmm.daemon!.pid;
   vmm.qmp?.event('VDPA_DAEMON_RESTARTED', { pid, devices: served.map((dev) => dev.index), 'outage-ms': outage });
   (await log()).warn({ pid, outage_ms: outage }, `vdpa daemon restarted (pid ${pid}); ${served.length} device(s) re-attached in ${outage} ms`);
 }
