@@ -214,9 +214,8 @@ export async function acceptAsync(fd: number): Promise<number> {
   if (r.value === -1) throw new SyscallError('accept4', r.errnoCode, r.errnoMessage);
   return r.value;
 }
-/** The pid of the process at the other end of a connected UNIX socket. */
 /** A process's state letter from /proc/PID/stat (R, S, D, T, Z, X...), or null if there is no such process. */
-export function processState(pid: number): string | null {
+function processState(pid: number): string | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return stat[stat.lastIndexOf(')') + 2] ?? null;
@@ -226,6 +225,7 @@ export function processState(pid: number): string | null {
 /** The process exists and is not a zombie (a dead child stays one until its parent reaps it). */
 export const processAlive = (pid: number): boolean => { const s = processState(pid); return s !== null && s !== 'Z' && s !== 'X'; };
 
+/** The pid of the process at the other end of a connected UNIX socket. */
 export function peerPid(fd: number): number {
   const cred = Buffer.alloc(12), len = Buffer.alloc(4);
   len.writeUInt32LE(12);

@@ -3,7 +3,7 @@ import { afterEach, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
 import { describeWith } from './facility.js';
 import { MovingVm, within } from './harness.js';
-import { alive } from '../devices/vdpa/launch.js';
+import { processAlive } from '../src/libc.js';
 import { runUpdate } from '../vmm/update.js';
 import { parseStats } from '../vmm/demo.js';
 
@@ -148,7 +148,7 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
     expect(await within(code(old), 20_000, 'the old process exits')).toBe(0); // handed over, then left
     expect(await within(code(child), 20_000, 'the new process exits')).toBe(143); // restored, then ended on the forwarded signal
     expect(vm.err, vm.err).toMatch(/SIGTERM: shutting down the VM after live update 1/);
-    expect(alive(daemon.pid)).toBe(false); // the new process stopped the daemon
+    expect(processAlive(daemon.pid)).toBe(false); // the new process stopped the daemon
     expect(existsSync(`${daemon.dir}/vhost-vdpa-0`)).toBe(false); // and its mount is gone
   }, 120_000);
 });

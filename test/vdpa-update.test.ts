@@ -5,7 +5,8 @@ import { describeWith } from './facility.js';
 import { VmProcess, tempDir, within } from './harness.js';
 import { runUpdate } from '../vmm/update.js';
 import { parseStats } from '../vmm/demo.js';
-import { alive, injectVdpaFault, readDaemonStatus, stopVdpaDaemon } from '../devices/vdpa/launch.js';
+import { injectVdpaFault, readDaemonStatus, stopVdpaDaemon } from '../devices/vdpa/launch.js';
+import { processAlive } from '../src/libc.js';
 
 type Update = { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; devices: { index: number; path: string; note?: string }[] } };
 
@@ -154,7 +155,7 @@ describeWith(['kvm', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
 /** The daemon process is gone and its mount with it (the VM stopped it on the way out). */
 function daemonStopped(d: { pid: number; dir: string }): boolean {
   const mounted = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === d.dir);
-  return !alive(d.pid) && !mounted;
+  return !processAlive(d.pid) && !mounted;
 }
 
 describeWith(['kvm', 'fuse', 'root'], 'SIGTERM during a cpr-exec update', () => {

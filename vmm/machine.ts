@@ -63,9 +63,9 @@ export class Machine {
 
   /** A new VM over `mem`, with irqchip, PIT and vCPUs (CPUID set). */
   static buildVm(mem: GuestMemory, smp: number, cpuid?: Buffer, shell?: VmShell): MachineParts {
-    const usable = shell && shell.vcpus.length === smp ? shell : undefined;
-    const { kvm, vm, vcpus, runSize } = usable ?? Machine.createShell(smp);
-    if (usable?.mem !== mem) mem.regions.forEach((r, slot) => vm.setUserMemoryRegion(slot, r.gpa, r.size, r.hostAddr));
+    const usable = shell && shell.vcpus.length === smp ? shell : Machine.createShell(smp);
+    if (usable.mem !== mem) Machine.addMemory(usable, mem);
+    const { kvm, vm, vcpus, runSize } = usable;
     const id = cpuid ?? kvm.supportedCpuid();
     for (const v of vcpus) v.setCpuid2(id);
     return { kvm, vm, mem, vcpus, runSize, cpuid: id };

@@ -17,7 +17,7 @@ export function recordSignals(early: EarlySignals = { got: [] }): EarlySignals {
   return early;
 }
 
-export const signalExitCode = (sig: NodeJS.Signals): number => 128 + (sig === 'SIGTERM' ? 15 : 2);
+const signalExitCode = (sig: NodeJS.Signals): number => 128 + (sig === 'SIGTERM' ? 15 : 2);
 
 export const VERSION = { major: 0, minor: 1, micro: 0, package: 'minivmm 0.1.0' };
 
@@ -85,13 +85,9 @@ export class Vmm {
    * signals recorded before this process had a Vmm (a new image restoring the guest); its
    * listeners stay and forward to us (removing a listener would drop a signal libuv has queued).
    */
-  handleSignals(early?: EarlySignals): void {
-    if (early) {
-      early.forward = (sig) => this.onSignal(sig);
-      if (early.got.length) { this.pendingSignal = early.got[0]; this.settle(); }
-      return;
-    }
-    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => this.onSignal(sig));
+  handleSignals(early: EarlySignals = recordSignals()): void {
+    early.forward = (sig) => this.onSignal(sig);
+    if (early.got.length) { this.pendingSignal = early.got[0]; this.settle(); }
   }
 
   /** A signal that came during the update in progress, acted on when it settles. */

@@ -5,7 +5,8 @@
 // TYPE is net or blk, DMA is va or pa. Mounts a FUSE file system at DIR with one file per device,
 // a read-only `status` file and a root-only `faults` file (fault injection, see worker.ts), prints
 // `ready` on stdout once the kernel has initialised the mount, and runs until SIGTERM/SIGINT (then
-// unmounts, lazily if busy, and exits 0). A stale mount left by a killed daemon ("Transport endpoint is not connected") is detached first.
+// unmounts, lazily if busy, and exits 0). A stale mount left by a killed daemon ("Transport
+// endpoint is not connected") is detached first.
 import { Worker } from 'node:worker_threads';
 import { mkdirSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { close, eventfd, EFD_CLOEXEC, umount2, MNT_DETACH, write as sysWrite } from '../../src/libc.js';

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import { umount2, MNT_DETACH, processAlive } from '../../src/libc.js';
+import type { FaultOp } from './device.js';
 
 export interface VdpaQuirks { remapLagsOutsideBatch?: boolean; newOwnerRlimitBeforeBusy?: boolean }
 export interface VdpaDeviceOptions {
@@ -92,23 +93,21 @@ export function daemonArgs(o: StartVdpaOptions): string[] {
  * Arms fault injection (the daemon's `faults` file): the next `times` calls of `op` on `device`
  * fail with `fault` (an errno name), or are held first (`delay:MS`).
  */
-export function injectVdpaFault(dir: string, device: string, op: 'new-owner' | 'remap' | 'update' | 'suspend', fault: string, times = 1): void {
+export function injectVdpaFault(dir: string, device: string, op: FaultOp, fault: string, times = 1): void {
   writeFileSync(join(dir, 'faults'), `${device} ${op} ${fault} ${times}\n`);
 }
 
 export const readDaemonStatus = (dir: string): DaemonStatus => JSON.parse(readFileSync(join(dir, 'status'), 'utf8')) as DaemonStatus;
 
-/** The process exists and is not a zombie (a stopped daemon may wait for its parent to reap it). */
-export const alive = processAlive;
 
 /** SIGTERM the daemon, wait for it to go (SIGKILL after `graceMs`), make sure dir is unmounted. */
 export async function stopVdpaDaemon(pid: number, dir: string, graceMs = 5000): Promise<void> {
   try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ }
   const t0 = Date.now();
-  while (alive(pid) && Date.now() - t0 < graceMs) await new Promise((r) => setTimeout(r, 10));
-  if (alive(pid)) {
+  while (processAlive(pid) && Date.now() - t0 < graceMs) await new Promise((r) => setTimeout(r, 10));
+  if (processAlive(pid)) {
     try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-    while (alive(pid)) await new Promise((r) => setTimeout(r, 10));
+    while (processAlive(pid)) await new Promise((r) => setTimeout(r, 10));
   }
   const mounted = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === resolve(dir));
   if (mounted) { try { umount2(dir, MNT_DETACH); } catch { /* raced */ } }
