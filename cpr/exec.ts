@@ -1,33 +1,43 @@
-// cpr-exec, old image: pause, save the state into a sealed memfd, clear FD_CLOEXEC on exactly the
-// fds to keep, execve. If execve fails: CLOEXEC back, resume, report failed (QEMU's cpr-exec).
+// cpr-exec (QEMU's migration/cpr-exec.c): the old image pauses the guest, seals the state in a
+// memfd, keeps exactly the registered fds open across execve and execs the new build; the new
+// image reads the state and rebuilds the VM over the same fds. If execve fails, the old image
+// puts everything back and the guest runs on.
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { close, execve, setCloexec, isCloexec } from '../src/libc.js';
-import { warmUpCodec, writeSealedState, type NamedFd, type UpdateRecord } from './state.js';
-import type { Vmm, Migrators } from '../vmm/vmm.js';
-import type { VhostVdpa, VdpaState } from '../devices/vhost-vdpa.js';
-import { log } from '../vmm/log.js';
-
-export const STATE_ENV = 'MINIVMM_CPR_STATE';
-/** "<saved>,<execStart>" in ns: the two times the sealed state cannot hold. */
-export const TIMES_ENV = 'MINIVMM_CPR_TIMES';
+import { execve, setCloexec, isCloexec, close } from '../src/libc.js';
+import { cprAdoptFds, cprCloseOnExec } from '../src/cpr-fds.js';
+import { openAccelerator, isAccelChoice, type AccelChoice } from '../src/accel/select.js';
+import { Vmm, type Migrators, type EarlySignals } from '../vmm/vmm.js';
+import { warmUpCodec, sealState, readSealedState, decodeState, type CprState } from './envelope.js';
 
 const now = (): bigint => process.hrtime.bigint();
 
-/** The fds the new image needs, by name. */
-export function keptFds(vmm: Vmm): NamedFd[] {
-  const fds: NamedFd[] = vmm.machine.mem.regions.map((r, i) => ({ name: 'ram', id: i, fd: r.fd }));
-  for (const d of vmm.vdpa) {
-    if (d.keptFd !== null) fds.push({ name: 'vdpa', id: d.index, fd: d.keptFd });
-    const ev = d.keptEventfds;
-    if (ev) {
-      ev.kick.forEach((fd, q) => fds.push({ name: `vdpa-kick-${d.index}`, id: q, fd }));
-      ev.call.forEach((fd, q) => fds.push({ name: `vdpa-call-${d.index}`, id: q, fd }));
-    }
-  }
-  if (vmm.machine.serialFd > 2) fds.push({ name: 'serial', id: 0, fd: vmm.machine.serialFd });
-  if (vmm.qmp) fds.push({ name: 'qmp', id: 0, fd: vmm.qmp.fd });
-  return fds;
+/** What travels beside the sealed state, in the environment: the state's fd and the two times it cannot hold. */
+interface ExecHandoff { stateFd: number; saved: bigint; sent: bigint }
+const HANDOFF_ENV = 'MINIVMM_CPR_STATE'; // "<fd>,<saved ns>,<sent ns>"
+/** Fault injection for tests and the demo, read once by the new image. */
+export const INJECT_ENV = 'MINIVMM_INJECT';
+
+/** True in a process started by cpr-exec (bin/minivmm.js takes the restore path). */
+export const isExecHandoff = (env: NodeJS.ProcessEnv): boolean => env[HANDOFF_ENV] !== undefined;
+
+function handoffEnv(h: ExecHandoff): Record<string, string> {
+  return { [HANDOFF_ENV]: `${h.stateFd},${h.saved},${h.sent}` };
+}
+
+/** Takes the hand-off out of the environment (nothing this image spawns should see it). */
+function takeHandoff(env: NodeJS.ProcessEnv): ExecHandoff {
+  const text = env[HANDOFF_ENV] ?? '';
+  delete env[HANDOFF_ENV];
+  const m = /^(\d+),(\d+),(\d+)$/.exec(text);
+  if (!m) throw new Error(`${HANDOFF_ENV}=${JSON.stringify(text)} is not "<fd>,<saved>,<sent>"`);
+  return { stateFd: Number(m[1]), saved: BigInt(m[2]), sent: BigInt(m[3]) };
+}
+
+export function takeInject(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const v = env[INJECT_ENV];
+  delete env[INJECT_ENV];
+  return v;
 }
 
 /**
@@ -42,7 +52,7 @@ export function leanEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   for (const k of DEFERRED_ENV) if (out[k] !== undefined) { out[DEFERRED_PREFIX + k] = out[k]; delete out[k]; }
   return out;
 }
-export function restoreEnv(): void {
+function restoreEnv(): void {
   for (const k of DEFERRED_ENV) {
     const v = process.env[DEFERRED_PREFIX + k];
     if (v !== undefined) { process.env[k] = v; delete process.env[DEFERRED_PREFIX + k]; }
@@ -54,7 +64,7 @@ function resolveCommand(cmd: string): string {
   if (cmd.includes('/')) return cmd;
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
     const p = join(dir || '.', cmd);
-    try { accessSync(p, constants.X_OK); return p; } catch { /* next */ }
+    try { accessSync(p, constants.X_OK); return p; } catch { /* not here: next PATH entry */ }
   }
   return cmd;
 }
@@ -64,68 +74,62 @@ export function defaultCommand(): string[] {
   return [process.execPath, ...process.execArgv, process.argv[1], ...process.argv.slice(2)];
 }
 
-/**
- * Old image, vCPUs paused: quiesce each device (SUSPEND, ring bases; spec §4.2) and save
- * everything into a sealed memfd. Devices quiesced so far are in `prepared`, also if this throws.
- */
-export function saveForUpdate(vmm: Vmm, mode: UpdateRecord['mode'], t: UpdateRecord['t'], kept: NamedFd[], prepared: [VhostVdpa, VdpaState][]): number {
-  for (const d of vmm.vdpa) prepared.push([d, d.prepareUpdate()]);
-  return writeSealedState({
-    machine: vmm.machine.save({ vdpa: prepared.map(([, s]) => s), vdpaDaemon: vmm.daemon }),
-    fds: kept,
-    update: { n: vmm.updates + 1, mode, t, history: vmm.history },
-  });
+/** `--accel X` or `--accel=X` in the new image's own command line: cpr-exec can change accelerator. */
+function accelArg(argv: string[]): AccelChoice | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const v = argv[i] === '--accel' ? argv[i + 1] : argv[i].startsWith('--accel=') ? argv[i].slice(8) : undefined;
+    if (v !== undefined) {
+      if (!isAccelChoice(v)) throw new Error(`--accel ${v}: expected kvm, emu or auto`);
+      return v;
+    }
+  }
+  return undefined;
 }
 
+/** Old image: one live update by exec. */
 export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void> {
   const argv = command ?? defaultCommand();
   await warmUpCodec();
-  const qmp = vmm.qmp;
-  const t = { pauseStart: now(), paused: 0n };
-  const wasRunning = vmm.machine.running;
-  vmm.migration.status = 'active';
-  qmp?.event('MIGRATION', { status: 'active' });
-
-  await vmm.machine.pause();
-  t.paused = now();
-  qmp?.event('STOP');
-
+  const u = await vmm.beginUpdate('cpr-exec');
+  if (!u) return;
+  const keptOpen: number[] = [];
   let stateFd = -1;
-  for (const d of vmm.vdpa) d.forceFallback = vmm.params.vdpaPath === 'fallback';
-  const kept = keptFds(vmm);
-  const restoreCloexec: number[] = [];
-  const prepared: [VhostVdpa, VdpaState][] = [];
   try {
-    stateFd = saveForUpdate(vmm, 'cpr-exec', t, kept, prepared);
+    stateFd = sealState({ vmm: u.state, fds: u.fds });
     const saved = now();
     // Let a SIGTERM/SIGINT that came while the devices quiesced reach its handler (libuv queues
     // it for the event loop, which execve would discard; two turns make sure one poll phase runs),
     // and cancel the update for it: the VM is to end, and this image can end it cleanly.
     for (let turn = 0; turn < 2; turn++) await new Promise((r) => setImmediate(r));
     if (vmm.pendingSignal) throw new Error(`cancelled by ${vmm.pendingSignal}`);
-    for (const fd of [0, 1, 2, stateFd, ...kept.map((k) => k.fd)]) {
-      if (isCloexec(fd)) { setCloexec(fd, false); restoreCloexec.push(fd); }
+    for (const fd of [0, 1, 2, stateFd, ...u.fds.map((k) => k.fd)]) {
+      if (isCloexec(fd)) { setCloexec(fd, false); keptOpen.push(fd); }
     }
-    const env = { ...leanEnv(process.env), [STATE_ENV]: String(stateFd), [TIMES_ENV]: `${saved},${now()}` };
-    execve(resolveCommand(argv[0]), argv, env);
+    execve(resolveCommand(argv[0]), argv, { ...leanEnv(process.env), ...handoffEnv({ stateFd, saved, sent: now() }) });
   } catch (e) {
     // Still the old image: every kept fd gets CLOEXEC again, the guest runs on.
-    for (const fd of restoreCloexec) { try { setCloexec(fd, true); } catch { /* closed */ } }
-    if (stateFd >= 0) { try { close(stateFd); } catch { /* ignore */ } }
-    for (const d of vmm.vdpa) d.forceFallback = false;
-    for (const [d, saved] of prepared) {
-      try { d.resumeAfterFailedUpdate(saved); } catch (err) { (await log()).error({ err: (err as Error).message }, `vdpa device ${d.index} did not restart`); }
-    }
-    if (wasRunning) { vmm.machine.resume(); qmp?.event('RESUME'); }
-    const reason = (e as Error).message;
-    vmm.migration = { status: 'failed', error: reason, last: vmm.migration.last };
-    qmp?.event('MIGRATION', { status: 'failed' });
-    (await log()).error({ err: reason }, `live update failed, guest resumed: ${reason}`);
-    vmm.settle();
+    for (const fd of keptOpen) { try { setCloexec(fd, true); } catch { /* closed meanwhile: nothing to restore */ } }
+    if (stateFd >= 0) close(stateFd);
+    await vmm.abortUpdate(u, (e as Error).message);
   }
 }
 
-export const MIGRATORS: Migrators = {
-  'cpr-exec': (vmm) => cprExec(vmm, vmm.params.cprExecCommand),
-  'cpr-transfer': async (vmm, uri) => (await import('./transfer.js')).cprTransfer(vmm, uri, vmm.params.transferTimeoutMs),
-};
+/**
+ * New image (bin/minivmm.js, from its first statements): read the state named in the
+ * environment, adopt the inherited fds, rebuild and resume the VM. `early`: the signals
+ * recorded since the entry point's first statement.
+ */
+export async function incomingExec(migrators: Migrators, entryTime: bigint, early: EarlySignals): Promise<Vmm> {
+  const loaded = now();
+  const h = takeHandoff(process.env);
+  const state: CprState = decodeState(readSealedState(h.stateFd));
+  cprAdoptFds(state.fds);
+  const choice = accelArg(process.argv.slice(2));
+  if (choice) state.vmm.machine.config.accel = choice;
+  const { accel } = await openAccelerator(choice ?? state.vmm.machine.accel);
+  return Vmm.fromState(state.vmm, accel, migrators, { mode: 'cpr-exec', saved: h.saved, sent: h.sent, arrived: entryTime, loaded }, {
+    signals: early,
+    inject: takeInject(),
+    afterResume: () => { cprCloseOnExec(); restoreEnv(); },
+  });
+}

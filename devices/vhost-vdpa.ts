@@ -4,7 +4,8 @@
 import { writeSync } from 'node:fs';
 import { open, close, eventfd, O_RDWR, O_CLOEXEC, EFD_CLOEXEC, EFD_NONBLOCK, SyscallError } from '../src/libc.js';
 import { vhost, BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_STATUS as S } from '../src/vhost.js';
-import type { VmFd } from '../src/kvm.js';
+import type { Vm } from '../src/accel/index.js';
+import { cprSaveFd, cprDeleteFd, cprFindFd } from '../src/cpr-fds.js';
 import type { GuestMemory } from '../src/memory.js';
 import { VirtioMmio, QUEUE_NOTIFY, type VirtioBackend, type VirtioMmioState } from './virtio-mmio.js';
 
@@ -60,7 +61,7 @@ export class VhostVdpa implements VirtioBackend {
   private has(bit: bigint): boolean { return (this.negotiated & bit) !== 0n; }
 
   /** Opens and owns a device for a fresh VM: probe, negotiate, map all guest RAM (batched). */
-  static open(path: string, index: number, vm: VmFd, mem: GuestMemory, gsi: number, base: number): VhostVdpa {
+  static open(path: string, index: number, vm: Vm, mem: GuestMemory, gsi: number, base: number): VhostVdpa {
     const fd = openDevice(path);
     try {
       vhost.setOwner(fd);
@@ -104,19 +105,19 @@ export class VhostVdpa implements VirtioBackend {
   }
 
   /**
-   * Kick eventfds as KVM ioeventfds on QueueNotify (datamatch = queue), call eventfds as irqfds.
+   * Kick eventfds as ioeventfds on QueueNotify (datamatch = queue), call eventfds as irqfds.
    * `kept`: the previous image's eventfds (the device still holds them), else new ones.
    */
-  private wire(vm: VmFd, kept?: Eventfds): void {
+  private wire(vm: Vm, kept?: Eventfds): void {
     this.vm = vm;
     for (let q = 0; q < this.vqs; q++) {
       const k = kept?.kick[q] ?? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), c = kept?.call[q] ?? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-      vm.ioeventfd(k, this.base + QUEUE_NOTIFY, 4, { datamatch: q });
-      vm.irqfd(c, this.gsi);
+      vm.ioeventfd(k, this.base + QUEUE_NOTIFY, 4, { datamatch: q }, true);
+      vm.irqfd(c, this.gsi, true);
       this.kick.push(k); this.call.push(c);
     }
   }
-  private vm?: VmFd;
+  private vm?: Vm;
 
   /**
    * An eventfd can back one irqfd at a time across all VMs (Linux 6.16+: EBUSY), and a VM's
@@ -124,7 +125,7 @@ export class VhostVdpa implements VirtioBackend {
    * on unbinds them first (a deassign waits for the unbinding to finish).
    */
   private setIrqfds(assign: boolean): void {
-    for (const c of this.call) this.vm!.irqfd(c, this.gsi, !assign);
+    for (const c of this.call) this.vm!.irqfd(c, this.gsi, assign);
   }
 
   // ---- VirtioBackend ----
@@ -200,7 +201,8 @@ export class VhostVdpa implements VirtioBackend {
       reset = !this.has(BACKEND_F.RESUME) || this.updatePath === 'fallback';
       if (reset && this.updatePath === 'new-owner') this.setDeviceStatus(0);
     }
-    if (this.keptEventfds) this.setIrqfds(false);
+    this.keepFds();
+    if (this.updatePath === 'new-owner') this.setIrqfds(false);
     return {
       index: this.index, devicePath: this.devicePath, gsi: this.gsi, base: this.base,
       deviceId: this.deviceId, deviceFeatures: hex(this.deviceFeatures), offered: hex(this.offered), negotiated: hex(this.negotiated),
@@ -209,8 +211,16 @@ export class VhostVdpa implements VirtioBackend {
     };
   }
 
-  /** Old image, the exec failed: we are still the owner and our addresses are valid; restart. */
-  resumeAfterFailedUpdate(saved: VdpaState): void {
+  /**
+   * Old image, the update did not happen: restart the device. `ownerMayHaveMoved`: a cpr-transfer
+   * whose new process may have taken the device over (NEW_OWNER, REMAP) before it failed.
+   */
+  abortUpdate(saved: VdpaState, mem: GuestMemory, ownerMayHaveMoved: boolean): void {
+    if (ownerMayHaveMoved) this.takeBack(saved, mem); else this.restart(saved);
+  }
+
+  /** The exec failed or was cancelled: we are still the owner and our addresses are valid. */
+  private restart(saved: VdpaState): void {
     if (saved.path === 'new-owner') this.setIrqfds(true);
     if (!(saved.status & S.DRIVER_OK)) return;
     if (saved.reset && saved.path === 'new-owner') this.reinit(saved.status, saved.bases);
@@ -223,7 +233,7 @@ export class VhostVdpa implements VirtioBackend {
    * be running under the new process's ownership and addresses, so: SUSPEND first (no owner
    * check), NEW_OWNER (EBUSY: we never lost it), REMAP to our own addresses, our eventfds, RESUME.
    */
-  takeBack(saved: VdpaState, mem: GuestMemory): void {
+  private takeBack(saved: VdpaState, mem: GuestMemory): void {
     const running = (saved.status & S.DRIVER_OK) !== 0;
     // The dead process's VM may still hold our call eventfds as irqfds (it is torn down
     // asynchronously): take fresh ones; RESUME below points the device at them.
@@ -252,23 +262,35 @@ export class VhostVdpa implements VirtioBackend {
     return this.transport.queues.flatMap((q, i) => (q.ready && i < this.vqs ? [i] : []));
   }
 
-  /** The fd to keep across exec: only on the fast path. The fallback lets it close (that releases the device). */
-  get keptFd(): number | null { return this.updatePath === 'new-owner' ? this.fd : null; }
-
   /**
-   * The kick/call eventfds to keep with it (fast path): the device goes on polling and signalling
-   * the same files, so the new image only wires them into its VM and needs no SET_VRING_KICK/CALL
-   * (spec §4.2: "re-point kick/call if the eventfds changed"): fewer round trips in the blackout.
+   * Registers what an update keeps. The fast path keeps the device fd and its kick/call eventfds:
+   * the device goes on polling and signalling the same files, so the new image only wires them
+   * into its VM (no SET_VRING_KICK/CALL round trips in the blackout). The slow path keeps none:
+   * closing the fd releases the device for the new image to open.
    */
-  get keptEventfds(): Eventfds | null { return this.updatePath === 'new-owner' ? { kick: this.kick, call: this.call } : null; }
+  private keepFds(keep = this.updatePath === 'new-owner'): void {
+    const set = (name: string, id: number, fd: number) => (keep ? cprSaveFd(name, id, fd) : cprDeleteFd(name, id));
+    set('vdpa', this.index, this.fd);
+    for (let q = 0; q < this.vqs; q++) { set(`vdpa-kick-${this.index}`, q, this.kick[q]); set(`vdpa-call-${this.index}`, q, this.call[q]); }
+  }
+
+  /** The fast path's fds as the old image registered them, if they all came along. */
+  private static inherited(s: VdpaState): { fd: number | null; eventfds?: Eventfds } {
+    const fd = s.path === 'new-owner' ? cprFindFd('vdpa', s.index) ?? null : null;
+    const kick = Array.from({ length: s.vqs }, (_, q) => cprFindFd(`vdpa-kick-${s.index}`, q));
+    const call = Array.from({ length: s.vqs }, (_, q) => cprFindFd(`vdpa-call-${s.index}`, q));
+    const all = (xs: (number | undefined)[]): xs is number[] => xs.every((x) => x !== undefined);
+    return { fd, eventfds: all(kick) && all(call) ? { kick, call } : undefined };
+  }
 
   /**
    * New image. Fast path: NEW_OWNER on the inherited fd, REMAP every entry in one batch when the
    * device keeps virtual addresses, re-point kick/call at the new VM and RESUME (or re-walk the
    * status after a reset). Fallback: reopen, SET_OWNER, UPDATE everything (re-pins), re-walk.
    */
-  static restore(s: VdpaState, inheritedFd: number | null, vm: VmFd, mem: GuestMemory, inject?: string, inheritedEventfds?: Eventfds): { dev: VhostVdpa; timings: RestoreTimings; path: UpdatePath; note?: string } {
+  static restore(s: VdpaState, vm: Vm, mem: GuestMemory, inject?: string): { dev: VhostVdpa; timings: RestoreTimings; path: UpdatePath; note?: string } {
     const t0 = process.hrtime.bigint();
+    const { fd: inheritedFd, eventfds: inheritedEventfds } = VhostVdpa.inherited(s);
     const timings: RestoreTimings = { rings: 0, total: 0 };
     let path: UpdatePath = s.path;
     let note: string | undefined;
@@ -326,6 +348,7 @@ export class VhostVdpa implements VirtioBackend {
     } catch (e) {
       throw new Error(`vdpa device ${s.index} (${path}, saved status 0x${s.status.toString(16)}${s.reset ? ', reset' : ''}): ${(e as Error).message}`);
     }
+    dev.keepFds();
     timings.rings = ms(tq);
     timings.total = ms(t0);
     return { dev, timings, path, note };
@@ -370,6 +393,7 @@ export class VhostVdpa implements VirtioBackend {
 
   /** Releases the device (the last close resets it and drops its mappings) and our eventfds. */
   close(): void {
+    this.keepFds(false);
     for (const fd of [...this.kick, ...this.call, this.fd]) { try { close(fd); } catch { /* closed */ } }
     this.kick = []; this.call = [];
   }

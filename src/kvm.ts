@@ -1,6 +1,6 @@
 // KVM ioctls, one thin typed wrapper each (rust-vmm kvm-ioctls style). Struct layouts are
 // defined once here (include/uapi/linux/kvm.h and asm/kvm.h, x86-64).
-import { ioctl, ioctlBuf, open, O_RDWR, O_CLOEXEC, mmap, PROT_READ, PROT_WRITE, MAP_SHARED, bufferAt } from './libc.js';
+import { ioctl, ioctlBuf, open, close, O_RDWR, O_CLOEXEC, mmap, PROT_READ, PROT_WRITE, MAP_SHARED, bufferAt } from './libc.js';
 
 const KVMIO = 0xae;
 const ioc = (dir: number, nr: number, size: number): number => ((dir << 30) | (size << 16) | (KVMIO << 8) | nr) >>> 0;
@@ -75,27 +75,8 @@ export const RUN = {
 export const PIC_MASTER = 0, PIC_SLAVE = 1, IOAPIC = 2;
 export const IOEVENTFD_FLAG = { DATAMATCH: 1, PIO: 2, DEASSIGN: 4 } as const;
 
-/** Register file (struct kvm_regs), as bigints. */
-export const REG_NAMES = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'rflags'] as const;
-export type Regs = Record<(typeof REG_NAMES)[number], bigint>;
-export const encodeRegs = (r: Partial<Regs>): Buffer => {
-  const b = Buffer.alloc(SIZE.regs);
-  REG_NAMES.forEach((n, i) => b.writeBigUInt64LE(r[n] ?? 0n, i * 8));
-  return b;
-};
-export const decodeRegs = (b: Buffer): Regs =>
-  Object.fromEntries(REG_NAMES.map((n, i) => [n, b.readBigUInt64LE(i * 8)])) as Regs;
-
-/** struct kvm_segment (24 bytes). */
-export interface Segment { base: bigint; limit: number; selector: number; type: number; present: number; dpl: number; db: number; s: number; l: number; g: number; avl: number; unusable?: number }
-export const SREGS = { cs: 0, ds: 24, es: 48, fs: 72, gs: 96, ss: 120, tr: 144, ldt: 168, gdt: 192, idt: 208, cr0: 224, cr2: 232, cr3: 240, cr4: 248, cr8: 256, efer: 264, apicBase: 272 } as const;
-export function writeSegment(b: Buffer, off: number, s: Segment): void {
-  b.writeBigUInt64LE(s.base, off); b.writeUInt32LE(s.limit >>> 0, off + 8); b.writeUInt16LE(s.selector, off + 12);
-  [s.type, s.present, s.dpl, s.db, s.s, s.l, s.g, s.avl, s.unusable ?? 0].forEach((v, i) => b.writeUInt8(v, off + 14 + i));
-}
-export function writeDtable(b: Buffer, off: number, base: bigint, limit: number): void {
-  b.writeBigUInt64LE(base, off); b.writeUInt16LE(limit, off + 8);
-}
+/** Offsets into struct kvm_sregs: segments (struct kvm_segment, 24 bytes), descriptor tables, control registers. */
+export const SREGS = { cs: 0, ds: 24, es: 48, fs: 72, gs: 96, ss: 120, tr: 144, ldt: 168, gdt: 192, idt: 208, cr0: 224, cr2: 232, cr3: 240, cr4: 248, cr8: 256, efer: 264, apicBase: 272, interruptBitmap: 280 } as const;
 
 // ---- system (/dev/kvm) ----
 export class Kvm {
@@ -157,6 +138,7 @@ export class VmFd {
   setIrqchip(b: Buffer): void { ioctlBuf('KVM_SET_IRQCHIP', this.fd, KVM.SET_IRQCHIP, b); }
   getPit2(): Buffer { const b = Buffer.alloc(SIZE.pitState2); ioctlBuf('KVM_GET_PIT2', this.fd, KVM.GET_PIT2, b); return b; }
   setPit2(b: Buffer): void { ioctlBuf('KVM_SET_PIT2', this.fd, KVM.SET_PIT2, b); }
+  close(): void { close(this.fd); }
 }
 
 // ---- vCPU ----

@@ -3,6 +3,7 @@
 import {
   memfdCreate, ftruncate, mmap, munmap, bufferAt, MFD_CLOEXEC, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_NORESERVE,
 } from './libc.js';
+import { cprSaveFd } from './cpr-fds.js';
 
 export const GiB = 2 ** 30, MiB = 2 ** 20;
 /** RAM below the 32-bit MMIO hole ends here; the rest starts at 4 GiB. */
@@ -27,7 +28,10 @@ export function ramLayout(size: number): { name: string; gpa: number; size: numb
 }
 
 export class GuestMemory {
-  private constructor(readonly regions: RamRegion[]) {}
+  /** Each region's memfd is kept across a live update as ('ram', index): the guest's RAM is never copied. */
+  private constructor(readonly regions: RamRegion[]) {
+    regions.forEach((r, i) => cprSaveFd('ram', i, r.fd));
+  }
 
   /** Fresh RAM: one memfd per region (sparse until touched). */
   static create(size: number): GuestMemory {

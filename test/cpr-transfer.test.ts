@@ -5,7 +5,7 @@ import { describeWith } from './facility.js';
 import { MovingVm, within } from './harness.js';
 import { processAlive } from '../src/libc.js';
 import { runUpdate } from '../vmm/update.js';
-import { parseStats } from '../vmm/demo.js';
+import { parseStats } from '../tools/stats.js';
 
 type Result = { status: string; downtime: number; rolled_back?: boolean; 'error-desc'?: string; cpr: { mode: string; path: string; devices: { path: string }[] } };
 

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { openSync, writeFileSync, closeSync } from 'node:fs';
 import { describeWith } from './facility.js';
 import { runMinivmm, VmProcess, counterValues, tempDir, writeTinyElf } from './harness.js';
-import { encodeState, loadEncoder, type CprState } from '../cpr/state.js';
+import { encodeState, loadEncoder, type CprState } from '../cpr/envelope.js';
+import { plausibleState } from './fuzz/state.js';
 
 const oneLineError = (stderr: string) => {
   const lines = stderr.trim().split('\n');
@@ -95,25 +96,22 @@ describe('bad input gets one line and a non-zero exit', () => {
 await loadEncoder();
 
 describeWith(['kvm'], 'a corrupt CPR state blob is rejected by the new image', () => {
-  const valid: CprState = {
-    machine: { config: { guest: '/x', memory: 2 ** 24, smp: 1, serial: 'stdio', cmdline: '', qmp: null, logLevel: 'info', vdpa: [] }, cpuid: Buffer.alloc(8), memory: [{ name: 'ram-low', gpa: 0, size: 2 ** 24 }], vcpus: [], irqchip: { picMaster: Buffer.alloc(520), picSlave: Buffer.alloc(520), ioapic: Buffer.alloc(520) }, pit: Buffer.alloc(112), devices: { serial: [] } },
-    fds: [{ name: 'ram', id: 0, fd: 99 }],
-    update: { n: 1, mode: 'cpr-exec', t: { pauseStart: 0n, paused: 0n }, history: [] },
-  };
+  const sample = plausibleState();
+  const valid: CprState = { ...sample, vmm: { ...sample.vmm, machine: { ...sample.vmm.machine, vcpus: [] } } };
   const blobs: [string, Buffer, RegExp][] = [
     ['garbage', Buffer.from('this is not a state blob at all........'), /bad magic/],
     ['truncated', encodeState(valid).subarray(0, 30), /length mismatch|truncated/],
     ['flipped byte', (() => { const b = Buffer.from(encodeState(valid)); b[b.length - 3] ^= 0xff; return b; })(), /checksum/],
     ['future version', (() => { const b = Buffer.from(encodeState(valid)); b.writeUInt32LE(99, 8); return b; })(), /version 99 is not supported/],
     ['empty', Buffer.alloc(0), /truncated/],
-    ['well-formed but inconsistent', encodeState(valid), /malformed: machine.vcpus/],
+    ['well-formed but inconsistent', encodeState(valid), /malformed: state.machine.vcpus/],
   ];
   for (const [name, blob, re] of blobs) {
     it(name, async () => {
       const p = join(tempDir(), 'state.bin');
       writeFileSync(p, blob);
       const fd = openSync(p, 'r');
-      const r = await runMinivmm([], { env: { ...process.env, MINIVMM_CPR_STATE: '3' }, stdio: ['ignore', 'pipe', 'pipe', fd] });
+      const r = await runMinivmm([], { env: { ...process.env, MINIVMM_CPR_STATE: '3,0,0' }, stdio: ['ignore', 'pipe', 'pipe', fd] });
       closeSync(fd);
       expect(r.code).toBe(1);
       oneLineError(r.stderr);
@@ -214,11 +212,8 @@ describeWith(['kvm'], 'cpr-exec live update of the counter guest', () => {
     const tscs = [...vm.stdout.matchAll(/^counter \d+ tsc (\d+) round/gm)].map((m) => Number(m[1]));
     const gaps = tscs.slice(1).map((t, i) => t - tscs[i]);
     expect(Math.min(...gaps)).toBeGreaterThan(0);
-    const { Kvm } = await import('../src/kvm.js');
-    const kvm = new Kvm();
-    const vmfd = kvm.createVm();
-    const { VcpuFd } = await import('../src/kvm.js');
-    const khz = new VcpuFd(vmfd.createVcpu(0), 0, kvm.vcpuMmapSize()).tscKhz();
+    const { KvmAccelerator } = await import('../src/accel/kvm.js');
+    const khz = KvmAccelerator.open().createVm(1).vcpus[0].tscKhz();
     const sorted = [...gaps].sort((a, b) => a - b);
     const typical = sorted[Math.floor(sorted.length / 2)];
     expect(Math.max(...gaps)).toBeLessThan(3 * typical + (Math.max(...downtimes) + 500) * khz);

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseRunConfig, parseSize, UsageError } from '../vmm/cli.js';
+import { parseRunConfig, parseSize, UsageError } from '../vmm/config.js';
 import { describeWith } from './facility.js';
 import { ROOT, runMinivmm, tempDir } from './harness.js';
 import { fuzzCases, fuzzSeed, isOneLine, rng } from './fuzz/prng.js';

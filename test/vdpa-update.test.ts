@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { describeWith } from './facility.js';
 import { VmProcess, tempDir, within } from './harness.js';
 import { runUpdate } from '../vmm/update.js';
-import { parseStats } from '../vmm/demo.js';
+import { parseStats } from '../tools/stats.js';
 import { injectVdpaFault, readDaemonStatus, stopVdpaDaemon } from '../devices/vdpa/launch.js';
 import { processAlive } from '../src/libc.js';
 

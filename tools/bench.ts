@@ -13,8 +13,8 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runUpdate } from '../vmm/update.js';
 import { QmpConnection } from '../vmm/qmp.js';
-import { parseSize } from '../vmm/cli.js';
-import { parseStats } from '../vmm/demo.js';
+import { parseSize } from '../vmm/config.js';
+import { parseStats } from './stats.js';
 import { quantile, median, slope } from './stats.js';
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');

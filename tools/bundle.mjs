@@ -3,8 +3,8 @@
 import { build } from 'esbuild';
 
 await build({
-  entryPoints: ['dist/cpr/incoming.js'],
-  outfile: 'dist/cpr/incoming.bundle.js', // same directory: relative import.meta.url paths still hold
+  entryPoints: ['dist/cpr/index.js'],
+  outfile: 'dist/cpr/index.bundle.js', // same directory: relative import.meta.url paths still hold
   bundle: true,
   platform: 'node',
   format: 'esm',
@@ -12,4 +12,4 @@ await build({
   external: ['ffi-rs', 'msgpackr', 'pino'], // native, or cheaper as their own modules (measured)
   logLevel: 'warning',
 });
-console.log('bundled dist/cpr/incoming.bundle.js');
+console.log('bundled dist/cpr/index.bundle.js');

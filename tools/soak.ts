@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runUpdate } from '../vmm/update.js';
 import { QmpConnection } from '../vmm/qmp.js';
-import { parseStats } from '../vmm/demo.js';
+import { parseStats } from './stats.js';
 import { median, quantile } from './stats.js';
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');

@@ -4,7 +4,7 @@
 //   0x100000 and up: the guest image.
 import { readFileSync, statSync } from 'node:fs';
 import { GuestMemory, GiB } from '../src/memory.js';
-import { VcpuFd, encodeRegs, SREGS, writeSegment, writeDtable, type Segment } from '../src/kvm.js';
+import type { Vcpu, Segment } from '../src/accel/index.js';
 
 export const GDT_ADDR = 0x500, BOOT_INFO_ADDR = 0x6000, PML4_ADDR = 0x10000, INITIAL_RSP = 0x80000, IMAGE_MIN = 0x100000;
 const PAGE_TABLES_END = 0x80000;
@@ -92,9 +92,9 @@ function writeBootInfo(mem: GuestMemory, cpus: number, devices: BootDevice[], cm
   mem.write(BOOT_INFO_ADDR, b);
 }
 
-const CODE64: Segment = { base: 0n, limit: 0xffffffff, selector: 0x8, type: 0xb, present: 1, dpl: 0, db: 0, s: 1, l: 1, g: 1, avl: 0 };
-const DATA: Segment = { base: 0n, limit: 0xffffffff, selector: 0x10, type: 0x3, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0 };
-const TSS: Segment = { base: 0n, limit: 0x67, selector: 0x18, type: 0xb, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0 };
+const CODE64: Segment = { base: 0n, limit: 0xffffffff, selector: 0x8, type: 0xb, present: 1, dpl: 0, db: 0, s: 1, l: 1, g: 1, avl: 0, unusable: 0 };
+const DATA: Segment = { base: 0n, limit: 0xffffffff, selector: 0x10, type: 0x3, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0, unusable: 0 };
+const TSS: Segment = { base: 0n, limit: 0x67, selector: 0x18, type: 0xb, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 };
 
 /** Prepares memory for a fresh boot: page tables, GDT, boot info. Returns the entry point. */
 export function prepareBoot(mem: GuestMemory, imagePath: string, cpus: number, devices: BootDevice[], cmdline: string, tscKhz: number): number {
@@ -109,19 +109,17 @@ export function prepareBoot(mem: GuestMemory, imagePath: string, cpus: number, d
   return entry;
 }
 
-/** Puts vCPU `index` in 64-bit long mode at `entry`. Secondary vCPUs park in the guest's own way (same entry, RSI = index). */
-export function setupLongMode(vcpu: VcpuFd, entry: number, index: number): void {
-  const s = vcpu.getSregs();
-  writeSegment(s, SREGS.cs, CODE64);
-  for (const seg of ['ds', 'es', 'fs', 'gs', 'ss'] as const) writeSegment(s, SREGS[seg], DATA);
-  writeSegment(s, SREGS.tr, TSS);
-  writeDtable(s, SREGS.gdt, BigInt(GDT_ADDR), 31);
-  writeDtable(s, SREGS.idt, 0n, 0);
-  s.writeBigUInt64LE(0x80050033n, SREGS.cr0); // PG | AM | WP | NE | ET | MP | PE
-  s.writeBigUInt64LE(BigInt(PML4_ADDR), SREGS.cr3);
-  s.writeBigUInt64LE(0x20n, SREGS.cr4); // PAE
-  s.writeBigUInt64LE(0x500n, SREGS.efer); // LME | LMA
-  vcpu.setSregs(s);
-  const stack = INITIAL_RSP - index * 0x1000;
-  vcpu.setRegs(encodeRegs({ rip: BigInt(entry), rflags: 0x2n, rsp: BigInt(stack), rdi: BigInt(BOOT_INFO_ADDR), rsi: BigInt(index) }));
+/** Puts vCPU `index` in 64-bit long mode at `entry` (the boot contract in the README). Secondary vCPUs park in the guest's own way (same entry, RSI = index). */
+export function setupLongMode(vcpu: Vcpu, entry: number, index: number): void {
+  const s = vcpu.getState();
+  s.segments = { ...s.segments, cs: CODE64, ds: DATA, es: DATA, fs: DATA, gs: DATA, ss: DATA, tr: TSS };
+  s.gdt = { base: BigInt(GDT_ADDR), limit: 31 };
+  s.idt = { base: 0n, limit: 0 };
+  s.cr0 = 0x80050033n; // PG | AM | WP | NE | ET | MP | PE
+  s.cr3 = BigInt(PML4_ADDR);
+  s.cr4 = 0x20n; // PAE
+  s.efer = 0x500n; // LME | LMA
+  const zero = Object.fromEntries(Object.keys(s.regs).map((k) => [k, 0n])) as typeof s.regs;
+  s.regs = { ...zero, rip: BigInt(entry), rflags: 0x2n, rsp: BigInt(INITIAL_RSP - index * 0x1000), rdi: BigInt(BOOT_INFO_ADDR), rsi: BigInt(index) };
+  vcpu.setState(s);
 }

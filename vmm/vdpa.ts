@@ -97,7 +97,7 @@ export function attachVdpa(machine: Machine, paths: string[]): { devices: VhostV
   const devices: VhostVdpa[] = [];
   try {
     paths.forEach((p, i) => {
-      devices.push(VhostVdpa.open(p, i, machine.parts.vm, machine.mem, VDPA_GSI_BASE + i, VDPA_MMIO_BASE + i * VIRTIO_MMIO_SIZE));
+      devices.push(VhostVdpa.open(p, i, machine.vm, machine.mem, VDPA_GSI_BASE + i, VDPA_MMIO_BASE + i * VIRTIO_MMIO_SIZE));
     });
   } catch (e) {
     for (const d of devices) d.close();

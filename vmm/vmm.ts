@@ -1,12 +1,20 @@
-// The VMM process: one machine, its monitor, and the migration (live update) state machine.
+// The VMM process: one machine, its devices, its monitor, and the live update it goes through.
+// A VM is assembled in one of two ways, which then share everything else (monitor, signals,
+// daemon supervision, exit hooks): Vmm.start (a fresh boot) and Vmm.fromState (the new image of
+// a live update). The update itself is owned here: beginUpdate pauses and saves, abortUpdate puts
+// everything back; the transports in cpr/ only carry the state and the fds between processes.
 import { unlinkSync } from 'node:fs';
+import type { Accelerator, Vm } from '../src/accel/index.js';
+import { GuestMemory } from '../src/memory.js';
+import { cprFds, cprFindFd, cprSaveFd, type NamedFd } from '../src/cpr-fds.js';
+import { VhostVdpa, type VdpaState } from '../devices/vhost-vdpa.js';
 import { Machine } from './machine.js';
 import { QmpServer, QmpError } from './qmp.js';
-import { log } from './log.js';
+import { log, setLogLevel } from './log.js';
+import { Migration, type UpdateMode, type UpdateResult } from './migration.js';
+import { parseVdpaSpec, resolveVdpaPaths, attachVdpa, stopDaemon, watchDaemon, restartDaemonIfGone, type DaemonRef } from './vdpa.js';
+import { StateError, type MachineConfig, type UpdateRecord, type VmmState } from './state.js';
 import type { VcpuEvent } from './vcpus.js';
-import type { UpdateRecord } from '../cpr/state.js';
-import type { VhostVdpa } from '../devices/vhost-vdpa.js';
-import type { DaemonRef } from './vdpa.js';
 
 /** Signals recorded before a Vmm exists; once one does, `forward` takes the later ones. */
 export interface EarlySignals { got: NodeJS.Signals[]; forward?: (sig: NodeJS.Signals) => void }
@@ -18,29 +26,46 @@ export function recordSignals(early: EarlySignals = { got: [] }): EarlySignals {
 }
 
 const signalExitCode = (sig: NodeJS.Signals): number => 128 + (sig === 'SIGTERM' ? 15 : 2);
+const now = (): bigint => process.hrtime.bigint();
+const ms = (a: bigint, b: bigint): number => Number(b - a) / 1e6;
+const round = (x: number): number => Math.round(x * 100) / 100;
+/** Only the last few update records travel on: the state (and so the blackout) must not grow with the VM's age. */
+const HISTORY_KEPT = 16;
 
 export const VERSION = { major: 0, minor: 1, micro: 0, package: 'minivmm 0.1.0' };
 
-export interface UpdateResult {
-  n: number;
-  mode?: 'cpr-exec' | 'cpr-transfer';
-  downtime: number;
-  /** "new-owner" or "fallback" (the slowest any device took), "none" without devices. */
-  path: string;
-  phases: Record<string, number>;
-  devices?: { index: number; path: string; note?: string; timings: Record<string, number> }[];
-}
-
-export interface MigrationInfo {
-  status: 'none' | 'setup' | 'active' | 'completed' | 'failed';
-  error?: string;
-  /** cpr-transfer: the new process failed and this one took the guest and its devices back. */
-  rolledBack?: boolean;
-  last?: UpdateResult;
-}
-
 /** How each migration mode is carried out (cpr/exec.ts, cpr/transfer.ts); `uri` as given to migrate. */
-export type Migrators = Record<'cpr-exec' | 'cpr-transfer', (vmm: Vmm, uri: string) => Promise<void>>;
+export type Migrators = Record<UpdateMode, (vmm: Vmm, uri: string) => Promise<void>>;
+
+/** An update under way in the old image: the guest paused, the devices quiesced, the state saved. */
+export interface PreparedUpdate {
+  wasRunning: boolean;
+  devices: [VhostVdpa, VdpaState][];
+  state: VmmState;
+  /** Every fd the new image needs, by name. */
+  fds: NamedFd[];
+}
+
+/** When the state left the old image and reached this one (ns, CLOCK_MONOTONIC), for the blackout's phases. */
+export interface Arrival {
+  mode: UpdateMode;
+  saved: bigint; // old image: state written
+  sent: bigint; // old image: execve called / message sent
+  arrived: bigint; // this image: first JS statement / message received
+  loaded: bigint; // this image: modules loaded
+}
+
+export interface RestoreOptions {
+  /** A VM made ahead of the state, its RAM registered (cpr-transfer). */
+  vm?: Vm;
+  signals?: EarlySignals;
+  /** Fault injection (tests, demo): 'new-process-crash', 'new-process-hang', 'fail-before-new-owner'. */
+  inject?: string;
+  /** After every device is restored, before the vCPUs run: a transfer's last point of no return. */
+  beforeResume?: () => void;
+  /** Right after the vCPUs run again. */
+  afterResume?: () => void;
+}
 
 export class Vmm {
   machine!: Machine;
@@ -50,15 +75,166 @@ export class Vmm {
   qmp?: QmpServer;
   params: { mode: string; cprExecCommand: string[] | null; vdpaPath: 'auto' | 'fallback'; transferTimeoutMs: number } =
     { mode: 'normal', cprExecCommand: null, vdpaPath: 'auto', transferTimeoutMs: 5000 };
-  migration: MigrationInfo = { status: 'none' };
+  readonly migration = new Migration((status) => this.event('MIGRATION', { status }));
   /** How many live updates this VM went through, and the last few of them (both carried in the state). */
   updates = 0;
   history: UpdateRecord['history'] = [];
   private exiting = false;
   /** The VM is being shut down (exit hooks running). */
   get stopping(): boolean { return this.exiting; }
+  exitHooks: (() => Promise<void> | void)[] = [() => stopDaemon(this.daemon)];
 
-  constructor(private migrators: Migrators) {}
+  private constructor(readonly accel: Accelerator, private migrators: Migrators) {}
+
+  // ---- assembling a VM ----
+
+  /** A fresh VM: start the device daemon, build the machine, attach the devices, load the guest, run. */
+  static async start(config: MachineConfig, accel: Accelerator, migrators: Migrators): Promise<Vmm> {
+    const vmm = new Vmm(accel, migrators);
+    const { paths, daemon } = await resolveVdpaPaths(config.vdpa.map(parseVdpaSpec), config.memory);
+    vmm.daemon = daemon;
+    try {
+      vmm.machine = Machine.create(config, accel, vmm.onVcpuEvent);
+      const { devices, boot } = attachVdpa(vmm.machine, paths);
+      vmm.vdpa = devices;
+      vmm.machine.loadGuest(boot);
+    } catch (e) {
+      await stopDaemon(daemon);
+      throw e;
+    }
+    await vmm.launch();
+    vmm.machine.start();
+    (await log()).debug({ guest: config.guest, memory: config.memory, smp: config.smp, accel: accel.kind }, 'guest started');
+    return vmm;
+  }
+
+  /**
+   * The new image of a live update: rebuild the VM from the state over the inherited fds (found in
+   * the preserved-fd registry), take each device over, resume the guest, then everything that can
+   * wait until it runs (monitor, logger). The accelerator may differ from the one that saved it.
+   */
+  static async fromState(state: VmmState, accel: Accelerator, migrators: Migrators, arrival: Arrival, opts: RestoreOptions = {}): Promise<Vmm> {
+    const t = { decoded: now(), vm: 0n, devices: 0n, resumed: 0n };
+    const vmm = new Vmm(accel, migrators);
+    const ms0 = state.machine;
+    const found = (name: string, id: number): number => {
+      const fd = cprFindFd(name, id);
+      if (fd === undefined) throw new StateError(`CPR state names no fd (${name}, ${id})`);
+      return fd;
+    };
+    const serialFd = ms0.config.serial === 'stdio' ? 1 : found('serial', 0);
+    const mem = opts.vm?.memory ?? GuestMemory.adopt(ms0.memory.map((r, i) => ({ ...r, fd: found('ram', i) })));
+    vmm.machine = Machine.restore(ms0, mem, serialFd, accel, vmm.onVcpuEvent, opts.vm);
+    t.vm = now();
+    vmm.daemon = state.daemon;
+    const devices: UpdateResult['devices'] = [];
+    for (const s of state.vdpa) {
+      let r: ReturnType<typeof VhostVdpa.restore>;
+      try {
+        r = VhostVdpa.restore(s, vmm.machine.vm, mem, opts.inject);
+      } catch (e) {
+        // The embedded daemon died during the update: start it again and bring the device up by
+        // the slow path (a fresh device, the saved ring bases), rather than lose the guest.
+        if (opts.inject || !s.devicePath.startsWith(`${vmm.daemon?.dir}/`) || !await restartDaemonIfGone(vmm)) throw e;
+        r = VhostVdpa.restore({ ...s, path: 'fallback' }, vmm.machine.vm, mem);
+        r.note = `the device daemon died during the update (${(e as Error).message}); restarted, device re-acquired by the slow path`;
+      }
+      vmm.vdpa.push(r.dev);
+      vmm.machine.mmioDevices.push(r.dev.transport);
+      devices.push({ index: s.index, path: r.path, note: r.note, timings: Object.fromEntries(Object.entries(r.timings).map(([k, v]) => [k, round(v as number)])) });
+    }
+    t.devices = now();
+    if (opts.inject === 'new-process-crash') {
+      process.stderr.write('minivmm: injected crash of the new process before it acknowledges\n');
+      process.kill(process.pid, 'SIGKILL');
+    }
+    if (opts.inject === 'new-process-hang') {
+      process.stderr.write('minivmm: injected hang of the new process before it acknowledges\n');
+      process.kill(process.pid, 'SIGSTOP');
+    }
+    opts.beforeResume?.();
+    vmm.machine.start();
+    t.resumed = now();
+    opts.afterResume?.();
+    for (const d of vmm.vdpa) d.notifyAll(); // notifications lost in the pause
+
+    const u = state.update;
+    const result = updateResult(u, arrival, t, devices);
+    vmm.updates = u.n;
+    vmm.history = [...u.history, { n: u.n, downtime: result.downtime, path: result.path, phases: result.phases }].slice(-HISTORY_KEPT);
+    vmm.params.mode = arrival.mode;
+    setLogLevel(ms0.config.logLevel);
+    await vmm.launch(opts.signals);
+    vmm.event('RESUME');
+    vmm.migration.completed(result);
+    (await log()).info({ update: result.n, path: result.path, downtime_ms: result.downtime, phases: result.phases, accel: accel.kind }, `live update ${result.n}: blackout ${result.downtime.toFixed(1)} ms`);
+    return vmm;
+  }
+
+  /** What a fresh VM and a restored one share: the monitor, signal handling, daemon supervision. */
+  private async launch(signals?: EarlySignals): Promise<void> {
+    const path = this.machine.config.qmp;
+    if (path) {
+      const inherited = cprFindFd('qmp', 0);
+      const qmp = inherited === undefined ? await QmpServer.listen(path, VERSION) : await QmpServer.adopt(inherited, VERSION);
+      cprSaveFd('qmp', 0, qmp.fd);
+      await this.startMonitor(qmp);
+    }
+    this.handleSignals(signals);
+    watchDaemon(this);
+  }
+
+  // ---- the live update, old image ----
+
+  /**
+   * Pauses the guest, quiesces every device (SUSPEND, ring bases) and saves the VM. Null if a
+   * device could not be quiesced: the update is then already rolled back and reported failed.
+   */
+  async beginUpdate(mode: UpdateMode): Promise<PreparedUpdate | null> {
+    const tm = { pauseStart: now(), paused: 0n };
+    const wasRunning = this.machine.running;
+    this.migration.active();
+    await this.machine.pause();
+    tm.paused = now();
+    this.event('STOP');
+    for (const d of this.vdpa) d.forceFallback = this.params.vdpaPath === 'fallback';
+    const devices: PreparedUpdate['devices'] = [];
+    try {
+      for (const d of this.vdpa) devices.push([d, d.prepareUpdate()]);
+      const state: VmmState = {
+        machine: this.machine.save(), vdpa: devices.map(([, s]) => s), daemon: this.daemon,
+        update: { n: this.updates + 1, mode, t: tm, history: this.history },
+      };
+      return { wasRunning, devices, state, fds: cprFds() };
+    } catch (e) {
+      await this.abortUpdate({ wasRunning, devices, state: undefined as never, fds: [] }, (e as Error).message);
+      return null;
+    }
+  }
+
+  /**
+   * The update did not happen: restart the devices (taking them back if a new process may have
+   * taken them over: `rolledBack`), resume the guest, report the failure. Written once, for
+   * every way an update can fail after the pause.
+   */
+  async abortUpdate(u: PreparedUpdate, reason: string, rolledBack = false): Promise<void> {
+    for (const d of this.vdpa) d.forceFallback = false;
+    const errors: string[] = [];
+    for (const [d, saved] of u.devices) {
+      try { d.abortUpdate(saved, this.machine.mem, rolledBack); } catch (e) { errors.push(`vdpa device ${d.index} did not restart: ${(e as Error).message}`); }
+    }
+    if (u.wasRunning) { this.machine.resume(); this.event('RESUME'); }
+    await this.failUpdate(`${reason}${rolledBack ? '; rolled back to the old process' : ''}${errors.length ? ` (${errors.join('; ')})` : ''}`, rolledBack);
+  }
+
+  /** The update failed (before the pause, or after abortUpdate put everything back). */
+  async failUpdate(reason: string, rolledBack?: boolean): Promise<void> {
+    this.migration.failed(reason, rolledBack);
+    (await log()).error({ err: reason, rolled_back: rolledBack ?? false }, `live update failed, guest resumed: ${reason}`);
+    this.settle();
+  }
+
+  // ---- process lifetime ----
 
   /** vCPU threads report guest exit (exit port) and fatal errors here. */
   onVcpuEvent = (e: VcpuEvent): void => {
@@ -69,14 +245,17 @@ export class Vmm {
   async exit(code: number): Promise<never> {
     if (!this.exiting) {
       this.exiting = true;
-      if (this.qmp) this.qmp.event('SHUTDOWN', { guest: true, reason: 'guest-shutdown' });
+      this.event('SHUTDOWN', { guest: true, reason: 'guest-shutdown' });
       if (this.machine?.config.qmp) { try { unlinkSync(this.machine.config.qmp); } catch { /* already gone */ } }
       if (this.machine) await Promise.race([this.machine.vcpus.stop(), new Promise((r) => setTimeout(r, 2000))]);
-      for (const hook of this.exitHooks) { try { await hook(); } catch { /* best effort */ } }
+      for (const hook of this.exitHooks) {
+        try { await hook(); } catch (e) { process.stderr.write(`minivmm: while shutting down: ${(e as Error).message}\n`); }
+      }
     }
     process.exit(code);
   }
-  exitHooks: (() => Promise<void> | void)[] = [];
+
+  event(name: string, data: Record<string, unknown> = {}): void { this.qmp?.event(name, data); }
 
   /**
    * SIGTERM/SIGINT end the VM cleanly (socket removed, daemon stopped). One that comes during a
@@ -85,14 +264,14 @@ export class Vmm {
    * signals recorded before this process had a Vmm (a new image restoring the guest); its
    * listeners stay and forward to us (removing a listener would drop a signal libuv has queued).
    */
-  handleSignals(early: EarlySignals = recordSignals()): void {
+  private handleSignals(early: EarlySignals = recordSignals()): void {
     early.forward = (sig) => this.onSignal(sig);
     if (early.got.length) { this.pendingSignal = early.got[0]; this.settle(); }
   }
 
   /** A signal that came during the update in progress, acted on when it settles. */
   pendingSignal?: NodeJS.Signals;
-  get updating(): boolean { return this.migration.status === 'setup' || this.migration.status === 'active'; }
+  get updating(): boolean { return this.migration.inProgress; }
 
   private onSignal(sig: NodeJS.Signals): void {
     if (this.updating) {
@@ -109,7 +288,9 @@ export class Vmm {
     if (this.pendingSignal && !this.updating) this.onSignal(this.pendingSignal);
   }
 
-  async startMonitor(qmp: QmpServer): Promise<void> {
+  // ---- monitor ----
+
+  private async startMonitor(qmp: QmpServer): Promise<void> {
     this.qmp = qmp;
     const q = qmp;
     q.register('query-status', () => ({ status: this.machine.running ? 'running' : 'paused', running: this.machine.running, singlestep: false }));
@@ -119,7 +300,7 @@ export class Vmm {
       return {};
     });
     q.register('cont', () => {
-      if (this.migration.status === 'active' || this.migration.status === 'setup') throw new QmpError('a migration is in progress');
+      if (this.updating) throw new QmpError('a migration is in progress');
       if (!this.machine.running) { this.machine.resume(); q.event('RESUME'); }
       return {};
     });
@@ -154,7 +335,7 @@ export class Vmm {
     q.register('query-migrate', () => this.queryMigrate());
     q.register('x-query-stats', () => {
       const at = this.machine.vcpus.firstRunAt;
-      return { 'first-run-ms': at ?? null, 'first-run-epoch-ms': at === undefined ? null : performance.timeOrigin + at, updates: this.updates };
+      return { 'first-run-ms': at ?? null, 'first-run-epoch-ms': at === undefined ? null : performance.timeOrigin + at, updates: this.updates, accelerator: this.accel.kind };
     });
     q.register('x-query-vdpa', () => ({
       daemon: this.daemon ?? null,
@@ -170,9 +351,7 @@ export class Vmm {
       if (mode !== 'cpr-exec' && mode !== 'cpr-transfer') throw new QmpError(`migration mode '${mode}' is not supported: set mode 'cpr-exec' or 'cpr-transfer' with migrate-set-parameters`);
       if (mode === 'cpr-exec' && (typeof uri !== 'string' || !uri.startsWith('file:') || uri.length <= 5)) throw new QmpError("Parameter 'uri' must be 'file:PATH' (the CPR state itself travels in a memfd)");
       if (mode === 'cpr-transfer' && (typeof uri !== 'string' || !uri.startsWith('unix:') || uri.length <= 5)) throw new QmpError("Parameter 'uri' must be 'unix:PATH', the socket of the new process (started with --incoming cpr-transfer:PATH)");
-      if (this.migration.status === 'setup' || this.migration.status === 'active') throw new QmpError('There is already a migration in progress');
-      this.migration = { status: 'setup', last: this.migration.last };
-      q.event('MIGRATION', { status: 'setup' });
+      try { this.migration.setup(); } catch (e) { throw new QmpError((e as Error).message); }
       // Reply first: the exec that follows closes this connection.
       setImmediate(() => { void this.migrators[mode](this, uri as string); });
       return {};
@@ -188,13 +367,35 @@ export class Vmm {
     if (m.last && m.status === 'completed') {
       out.downtime = m.last.downtime;
       out['total-time'] = m.last.downtime;
-      out.cpr = { n: m.last.n, mode: m.last.mode ?? 'cpr-exec', path: m.last.path, phases: m.last.phases, devices: m.last.devices ?? [] };
+      out.cpr = { n: m.last.n, mode: m.last.mode, path: m.last.path, phases: m.last.phases, devices: m.last.devices };
       out.rolled_back = false;
     }
     return out;
   }
+}
 
-  async logUpdate(r: UpdateResult): Promise<void> {
-    (await log()).info({ update: r.n, path: r.path, downtime_ms: r.downtime, phases: r.phases }, `live update ${r.n}: blackout ${r.downtime.toFixed(1)} ms`);
-  }
+/** The update's report: its blackout and where the time went, from the old image's and this one's clocks. */
+function updateResult(u: UpdateRecord, a: Arrival, t: { decoded: bigint; vm: bigint; devices: bigint; resumed: bigint }, devices: UpdateResult['devices']): UpdateResult {
+  const sum = (k: string) => round(devices.reduce((acc, d) => acc + (d.timings[k] ?? 0), 0));
+  return {
+    n: u.n,
+    mode: a.mode,
+    path: devices.length === 0 ? 'none' : devices.some((d) => d.path === 'fallback') ? 'fallback' : 'new-owner',
+    devices,
+    downtime: round(ms(u.t.pauseStart, t.resumed)),
+    phases: {
+      pause: round(ms(u.t.pauseStart, u.t.paused)),
+      save: round(ms(u.t.paused, a.saved)),
+      [a.mode === 'cpr-exec' ? 'exec' : 'transfer']: round(ms(a.sent, a.arrived)),
+      restore: round(ms(a.arrived, t.devices)),
+      resume: round(ms(t.devices, t.resumed)),
+      load: round(ms(a.arrived, a.loaded)),
+      decode: round(ms(a.loaded, t.decoded)),
+      vm: round(ms(t.decoded, t.vm)),
+      devices: round(ms(t.vm, t.devices)),
+      new_owner: sum('newOwner'),
+      remap: sum('remap'),
+      repin: sum('map'),
+    },
+  };
 }

@@ -3,17 +3,24 @@
 // object tree (a field deleted, retyped, emptied, nulled) re-encoded.
 import { crc32 } from 'node:zlib';
 import { Packr } from 'msgpackr';
-import { sampleState } from '../../cpr/state.js';
+import { sampleVmmState } from '../../vmm/state.js';
+import { STATE_VERSION, type CprState } from '../../cpr/envelope.js';
 import { edgeU32, type Rng } from './prng.js';
 
 const HEADER = 20;
 const packr = new Packr({ useRecords: false, int64AsType: 'bigint', moreTypes: true } as never);
 
-/** A state shaped like a real VM's (cpr/state.ts). */
-export const plausibleState = sampleState;
+/** A state shaped like a real VM's (vmm/state.ts), with the fds its registry would name. */
+export function plausibleState(opts: Parameters<typeof sampleVmmState>[0] = {}): CprState {
+  const vmm = sampleVmmState(opts);
+  const fds = vmm.machine.memory.map((_, i) => ({ name: 'ram', id: i, fd: 20 + i }));
+  fds.push({ name: 'qmp', id: 0, fd: 30 });
+  if (opts.vdpa) fds.push({ name: 'vdpa', id: 0, fd: 31 });
+  return { vmm, fds };
+}
 
-/** Header (magic, version 1, length, CRC32) in front of a msgpack body. */
-export function frame(body: Buffer, version = 1): Buffer {
+/** Header (magic, version, length, CRC32) in front of a msgpack body. */
+export function frame(body: Buffer, version = STATE_VERSION): Buffer {
   const h = Buffer.alloc(HEADER);
   Buffer.from('MVMMCPR\0').copy(h, 0);
   h.writeUInt32LE(version, 8); h.writeUInt32LE(body.length, 12); h.writeUInt32LE(crc32(body), 16);

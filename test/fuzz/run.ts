@@ -1,21 +1,21 @@
 // Longer-running fuzzing, in-process: the same generators as test/fuzz*.test.ts without their time
-// bounds. `node dist/tools/fuzz.js [--cases N] [--seed S] [--only cli,size,state,elf]`
+// bounds. `npm run fuzz -- [--cases N] [--seed S] [--only cli,size,state,elf]`
 // Exit status 1 if any case broke the rule (a one-line error of the right class, or success).
 import { parseArgs } from 'node:util';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseRunConfig, parseSize, UsageError } from '../vmm/cli.js';
-import { decodeState, encodeState, loadEncoder, StateError } from '../cpr/state.js';
-import { GuestImageError, loadElf } from '../vmm/boot.js';
-import { GuestMemory } from '../src/memory.js';
-import { rng, isOneLine } from '../test/fuzz/prng.js';
-import { baseArgs, mutateArgs, sizeString } from '../test/fuzz/cli.js';
-import { mutateState, plausibleState, unpack, bodyOf } from '../test/fuzz/state.js';
-import { mutateElf } from '../test/fuzz/elf.js';
+import { parseRunConfig, parseSize, UsageError } from '../../vmm/config.js';
+import { decodeState, encodeState, loadEncoder, StateError } from '../../cpr/envelope.js';
+import { GuestImageError, loadElf } from '../../vmm/boot.js';
+import { GuestMemory } from '../../src/memory.js';
+import { rng, isOneLine } from './prng.js';
+import { baseArgs, mutateArgs, sizeString } from './cli.js';
+import { mutateState, plausibleState, unpack, bodyOf } from './state.js';
+import { mutateElf } from './elf.js';
 
-const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
+const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../../..'); // from dist/test/fuzz/
 
 function classify(f: () => unknown, cls: new (...a: never[]) => Error): string | null {
   try { f(); return null; } catch (e) {

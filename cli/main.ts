@@ -1,118 +1,49 @@
-// Command line: `minivmm run|qmp|update|...`. Bad input is one line on stderr and a non-zero exit.
-import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { existsSync, accessSync, constants } from 'node:fs';
-import { totalmem } from 'node:os';
-import { fileURLToPath } from 'node:url';
+// Command line: `minivmm run|qmp|update|...`, the entry points above every other layer (the VMM,
+// the live-update transports and the tools). Bad input is one line on stderr and a non-zero exit.
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { MiB } from '../src/memory.js';
-import type { MachineConfig } from '../cpr/state.js';
-import { parseVdpaSpec } from './vdpa.js';
-
-export class UsageError extends Error {}
-
-const GUEST_DIR = fileURLToPath(new URL('../guests/', import.meta.url));
-export const BUILTIN_GUESTS = ['hello', 'counter', 'memtest', 'netloop', 'blkcheck', 'netblk'];
+import { parseVdpaSpec } from '../vmm/vdpa.js';
+import { UsageError, parse, parseSize, parseRunConfig } from '../vmm/config.js';
+import { openAccelerator, isAccelChoice, type AccelChoice } from '../src/accel/select.js';
+import { AccelUnavailable, type Accelerator } from '../src/accel/index.js';
 
 const USAGE = `usage: minivmm <command> [options]
   run      --guest NAME|PATH [--memory SIZE] [--smp N] [--serial stdio|FILE] [--qmp PATH]
            [--append "key=value ..."] [--vdpa PATH|sim:net|sim:blk[,va|pa][,no-new-owner]]... [--log-level LEVEL]
-           [--incoming cpr-transfer:PATH]
+           [--accel kvm|emu|auto] [--incoming cpr-transfer:PATH]
   qmp      --socket PATH COMMAND [JSON-ARGS]
   update   --socket PATH [--mode cpr-exec|cpr-transfer] [--incoming PATH] [--exec ARGV...] [--json]
-  demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--mode cpr-exec|cpr-transfer] [--inject new-process-crash] [--json]   (npm start)
+  demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--mode cpr-exec|cpr-transfer] [--inject new-process-crash]
+           [--accel kvm|emu|auto] [--json]   (npm start)
   conformance --device PATH [--json FILE]      (the vhost-vdpa conformance suite)
   kernel-test [--kernel BZIMAGE | --source DIR] [--fragment FILE] [--json OUT] [--timeout SEC]
               (the suite against a real kernel's vhost-vdpa + vdpa_sim, in QEMU)`;
 
-/** "512M", "1G", "16GiB", "1048576" → bytes. */
-export function parseSize(text: string): number {
-  const shown = JSON.stringify(text).slice(1, -1); // never echo control characters
-  const m = /^(\d{1,16}(?:\.\d{1,6})?)\s*([kmgt]?)(i?b)?$/i.exec(text.trim());
-  if (!m) throw new UsageError(`invalid size '${shown}' (examples: 512M, 1G, 16G)`);
-  const mult = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
-  const bytes = Math.round(Number(m[1]) * mult);
-  if (!Number.isSafeInteger(bytes)) throw new UsageError(`invalid size '${shown}' (too large)`);
-  return bytes;
-}
-
-export function resolveGuest(guest: string): string {
-  if (BUILTIN_GUESTS.includes(guest)) {
-    const p = resolve(GUEST_DIR, `${guest}.elf`);
-    if (!existsSync(p)) throw new UsageError(`built-in guest '${guest}' is not built (run: npm run build)`);
-    return p;
-  }
-  if (!guest.includes('/') && !existsSync(guest)) throw new UsageError(`unknown guest '${guest}' (built-in: ${BUILTIN_GUESTS.join(', ')}; or give a path)`);
-  const p = resolve(guest);
-  if (!existsSync(p)) throw new UsageError(`guest image ${guest} does not exist`);
-  return p;
-}
-
-type Values = Record<string, string | boolean | string[] | undefined>;
-function parse(args: string[], options: ParseArgsConfig['options'], allowPositionals = false): { values: Values; positionals: string[] } {
+/** The accelerator `--accel` names; `auto` says on stderr which one runs and why. */
+async function accelerator(choice: AccelChoice): Promise<Accelerator> {
   try {
-    return parseArgs({ args, options, allowPositionals, strict: true }) as { values: Values; positionals: string[] };
+    const { accel, notice } = await openAccelerator(choice);
+    if (notice) process.stderr.write(`minivmm: ${notice}\n`);
+    return accel;
   } catch (e) {
-    throw new UsageError((e as Error).message.split('\n')[0]);
-  }
-}
-
-export function parseRunConfig(args: string[]): MachineConfig & { incoming?: string } {
-  const { values } = parse(args, {
-    guest: { type: 'string' }, memory: { type: 'string', default: '256M' }, smp: { type: 'string', default: '1' },
-    serial: { type: 'string', default: 'stdio' }, qmp: { type: 'string' }, append: { type: 'string', default: '' },
-    'log-level': { type: 'string', default: 'info' }, vdpa: { type: 'string', multiple: true, default: [] },
-    incoming: { type: 'string' },
-  });
-  if (values.incoming !== undefined) {
-    const inc = values.incoming as string;
-    if (!inc.startsWith('cpr-transfer:') || inc.length <= 13) throw new UsageError(`--incoming ${inc}: expected cpr-transfer:PATH`);
-    if (!values.guest) values.guest = 'hello'; // the state decides; the options only have to parse
-  }
-  if (!values.guest) throw new UsageError('run: --guest NAME|PATH is required');
-  const memory = parseSize(values.memory as string);
-  if (memory < 16 * MiB) throw new UsageError(`--memory ${values.memory}: at least 16M`);
-  if (memory % (2 * MiB) !== 0) throw new UsageError(`--memory ${values.memory}: must be a multiple of 2M`);
-  if (memory > totalmem()) throw new UsageError(`--memory ${values.memory} exceeds host memory (${Math.floor(totalmem() / MiB)} MiB)`);
-  const smp = Number(values.smp);
-  if (!Number.isInteger(smp) || smp < 1 || smp > 4) throw new UsageError(`--smp ${values.smp}: must be 1 to 4`);
-  const vdpa = values.vdpa as string[];
-  for (const v of vdpa) {
-    try { parseVdpaSpec(v); } catch (e) { throw new UsageError((e as Error).message); }
-  }
-  const level = values['log-level'] as string;
-  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(level)) throw new UsageError(`--log-level ${level}: not a level (fatal, error, warn, info, debug, trace, silent)`);
-  return {
-    guest: resolveGuest(values.guest as string),
-    memory, smp,
-    serial: values.serial === 'stdio' ? 'stdio' : resolve(values.serial as string),
-    cmdline: values.append as string,
-    qmp: values.qmp ? resolve(values.qmp as string) : null,
-    logLevel: level,
-    vdpa: vdpa.map((v) => (v.startsWith('sim:') ? v : resolve(v))),
-    incoming: values.incoming ? resolve((values.incoming as string).slice('cpr-transfer:'.length)) : undefined,
-  };
-}
-
-function checkKvm(): void {
-  try { accessSync('/dev/kvm', constants.R_OK | constants.W_OK); } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new UsageError(code === 'ENOENT' ? 'no /dev/kvm on this host (KVM is required)' : `cannot use /dev/kvm: ${code} (are you in the kvm group?)`);
+    if (e instanceof AccelUnavailable) throw new UsageError(`--accel ${choice}: ${e.message}`);
+    throw e;
   }
 }
 
 async function cmdRun(args: string[]): Promise<void> {
   const { incoming, ...config } = parseRunConfig(args);
-  checkKvm();
-  const { setLogLevel } = await import('./log.js');
+  const accel = await accelerator(config.accel);
+  const { setLogLevel } = await import('../vmm/log.js');
   setLogLevel(config.logLevel);
   if (incoming) {
     // cpr-transfer target: load everything now, then wait for the old process on the socket.
-    const { incomingTransfer } = await import('../cpr/transfer.js');
-    await incomingTransfer(incoming, config.smp);
+    const { waitForTransfer } = await import('../cpr/index.js');
+    await waitForTransfer(incoming, config.smp, accel);
     return;
   }
-  const { startVmm } = await import('./start.js');
-  await startVmm(config);
+  const [{ Vmm }, { MIGRATORS }] = await Promise.all([import('../vmm/vmm.js'), import('../cpr/index.js')]);
+  await Vmm.start(config, accel, MIGRATORS);
 }
 
 async function cmdQmp(args: string[]): Promise<void> {
@@ -123,7 +54,7 @@ async function cmdQmp(args: string[]): Promise<void> {
     try { cmdArgs = JSON.parse(positionals[1]); } catch (e) { throw new UsageError(`JSON-ARGS: ${(e as Error).message}`); }
     if (!cmdArgs || typeof cmdArgs !== 'object' || Array.isArray(cmdArgs)) throw new UsageError('JSON-ARGS must be a JSON object');
   }
-  const { QmpConnection } = await import('./qmp.js');
+  const { QmpConnection } = await import('../vmm/qmp.js');
   const c = await connectOrExplain(QmpConnection, values.socket as string);
   const reply = await c.request(positionals[0], cmdArgs);
   c.close();
@@ -149,7 +80,7 @@ async function cmdUpdate(args: string[]): Promise<void> {
   const mode = values.mode as string;
   if (mode !== 'cpr-exec' && mode !== 'cpr-transfer') throw new UsageError(`update: --mode ${mode}: cpr-exec or cpr-transfer`);
   if (mode === 'cpr-transfer' && !values.incoming) throw new UsageError('update: --mode cpr-transfer needs --incoming PATH (the socket of a process started with run --incoming cpr-transfer:PATH)');
-  const { runUpdate } = await import('./update.js');
+  const { runUpdate } = await import('../vmm/update.js');
   const result = mode === 'cpr-transfer'
     ? await runUpdate(values.socket as string, null, Number(values.timeout) * 1000, { mode, uri: `unix:${resolve(values.incoming as string)}` })
     : await runUpdate(values.socket as string, execArgv, Number(values.timeout) * 1000);
@@ -165,9 +96,11 @@ async function cmdDemo(args: string[]): Promise<void> {
   const { values } = parse(args, {
     updates: { type: 'string', default: '3' }, memory: { type: 'string', default: '1G' }, vdpa: { type: 'string', multiple: true },
     json: { type: 'boolean', default: false }, 'interval-ms': { type: 'string', default: '2000' },
-    mode: { type: 'string', default: 'cpr-exec' }, inject: { type: 'string' },
+    mode: { type: 'string', default: 'cpr-exec' }, inject: { type: 'string' }, accel: { type: 'string', default: 'auto' },
   });
   const mode = values.mode as string;
+  const choice = values.accel as string;
+  if (!isAccelChoice(choice)) throw new UsageError(`demo: --accel ${choice}: expected kvm, emu or auto`);
   if (mode !== 'cpr-exec' && mode !== 'cpr-transfer') throw new UsageError(`demo: --mode ${mode}: cpr-exec or cpr-transfer`);
   if (values.inject !== undefined && values.inject !== 'new-process-crash') throw new UsageError(`demo: --inject ${values.inject}: the only fault is new-process-crash`);
   if (values.inject && mode !== 'cpr-transfer') throw new UsageError('demo: --inject new-process-crash needs --mode cpr-transfer');
@@ -176,9 +109,9 @@ async function cmdDemo(args: string[]): Promise<void> {
   parseSize(values.memory as string);
   const vdpa = (values.vdpa as string[] | undefined) ?? ['sim:net', 'sim:blk'];
   for (const v of vdpa) { try { parseVdpaSpec(v); } catch (e) { throw new UsageError((e as Error).message); } }
-  checkKvm();
+  const accel = await accelerator(choice); // fails here, with its reason, rather than in the VM's log
   const { runDemo } = await import('./demo.js');
-  const r = await runDemo({ updates, memory: values.memory as string, vdpa, json: values.json as boolean, intervalMs: Number(values['interval-ms']), mode, inject: values.inject as string | undefined });
+  const r = await runDemo({ updates, memory: values.memory as string, vdpa, json: values.json as boolean, intervalMs: Number(values['interval-ms']), mode, inject: values.inject as string | undefined, extraArgs: ['--accel', accel.kind] });
   if (values.json) process.stdout.write(`${JSON.stringify(r)}\n`);
 }
 
@@ -201,8 +134,6 @@ async function cmdKernelTest(args: string[]): Promise<void> {
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   run: cmdRun, qmp: cmdQmp, update: cmdUpdate, demo: cmdDemo, conformance: cmdConformance, 'kernel-test': cmdKernelTest,
 };
-
-export function registerCommand(name: string, fn: (args: string[]) => Promise<void>): void { COMMANDS[name] = fn; }
 
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;

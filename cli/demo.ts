@@ -5,9 +5,10 @@ import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { QmpConnection } from './qmp.js';
-import { runUpdate } from './update.js';
-import { parseVdpaSpec } from './vdpa.js';
+import { QmpConnection } from '../vmm/qmp.js';
+import { runUpdate } from '../vmm/update.js';
+import { parseVdpaSpec } from '../vmm/vdpa.js';
+import { parseStats, type NetStats, type BlkStats } from '../tools/stats.js';
 
 const BIN = fileURLToPath(new URL('../../bin/minivmm.js', import.meta.url));
 
@@ -16,20 +17,6 @@ export interface DemoOptions {
   mode?: 'cpr-exec' | 'cpr-transfer';
   /** Fault injection for the first update: `new-process-crash` (cpr-transfer: the new process dies before acknowledging). */
   inject?: string;
-}
-
-export interface NetStats { sent: number; received: number; lost: number; duplicated: number; corrupt: number; max_gap_ms: number }
-export interface BlkStats { written: number; verified: number; mismatches: number }
-
-/** The last `net ...` / `blk ...` stats lines in the guest's output. */
-export function parseStats(out: string): { net?: NetStats; blk?: BlkStats } {
-  const last = (re: RegExp) => { let m: RegExpMatchArray | null = null; for (const x of out.matchAll(re)) m = x; return m; };
-  const n = last(/^net sent=(\d+) received=(\d+) lost=(\d+) duplicated=(\d+) corrupt=(\d+) max_gap_us=(\d+)/gm);
-  const b = last(/^blk written=(\d+) verified=(\d+) mismatches=(\d+)/gm);
-  return {
-    net: n ? { sent: +n[1], received: +n[2], lost: +n[3], duplicated: +n[4], corrupt: +n[5], max_gap_ms: +n[6] / 1000 } : undefined,
-    blk: b ? { written: +b[1], verified: +b[2], mismatches: +b[3] } : undefined,
-  };
 }
 
 function guestFor(vdpa: string[]): string {
