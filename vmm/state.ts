@@ -7,7 +7,6 @@ import {
 } from '../src/accel/index.js';
 import type { AccelChoice } from '../src/accel/select.js';
 import type { VdpaState } from '../devices/vhost-vdpa.js';
-import type { DaemonRef } from './vdpa.js';
 
 export interface MachineConfig {
   guest: string;
@@ -43,6 +42,9 @@ export interface UpdateRecord {
   t: { pauseStart: bigint; paused: bigint };
   history: { n: number; downtime: number; path: string; phases: Record<string, number> }[];
 }
+
+/** The embedded device daemon a VM started: kept in the state, so every image supervises it. */
+export interface DaemonRef { pid: number; dir: string; args?: string[]; restarts?: number; files?: string[] }
 
 export interface VmmState {
   machine: MachineState;

@@ -6,9 +6,10 @@ import { join } from 'node:path';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
 import { VIRTIO_MMIO_SIZE } from '../devices/virtio-mmio.js';
 import type { Machine } from './machine.js';
+import type { GuestMemory } from '../src/memory.js';
+import type { DaemonRef } from './state.js';
 import { prlimit, RLIMIT_MEMLOCK, processAlive, reapChild } from '../src/libc.js';
 import type { BootDevice } from './boot.js';
-import type { Vmm } from './vmm.js';
 import { log } from './log.js';
 
 export const VDPA_MMIO_BASE = 0xd0000000, VDPA_GSI_BASE = 16, MAX_VDPA = 8;
@@ -37,8 +38,18 @@ export function parseVdpaSpec(text: string): VdpaSpec {
   return spec;
 }
 
-/** The embedded daemon a VM started: kept in the CPR state, so every image supervises it. */
-export interface DaemonRef { pid: number; dir: string; args?: string[]; restarts?: number; files?: string[] }
+export type { DaemonRef };
+
+/** What daemon supervision needs from the VM the daemon serves (the Vmm). */
+export interface DaemonOwner {
+  daemon?: DaemonRef;
+  readonly updating: boolean;
+  readonly stopping: boolean;
+  readonly vdpa: VhostVdpa[];
+  readonly machine: { readonly mem: GuestMemory };
+  readonly exitHooks: (() => Promise<void> | void)[];
+  event(name: string, data: Record<string, unknown>): void;
+}
 
 /** Starts the daemon for the sim devices (if any); returns the node path of every device, in order. */
 export async function resolveVdpaPaths(specs: VdpaSpec[], ramBytes: number): Promise<{ paths: string[]; daemon?: DaemonRef }> {
@@ -122,7 +133,7 @@ const WATCH_MS = 100, MAX_FAILED_RESTARTS = 5;
  * is gone, start it again with the same arguments and re-attach every device it serves
  * (VhostVdpa.reattach). Checked every 100 ms, never during a live update or on the way out.
  */
-export function watchDaemon(vmm: Vmm): void {
+export function watchDaemon(vmm: DaemonOwner): void {
   if (!vmm.daemon?.args) return;
   let busy = false, failures = 0;
   const timer = setInterval(() => {
@@ -142,7 +153,7 @@ export function watchDaemon(vmm: Vmm): void {
  * Starts the daemon again if it is gone (same arguments, same mount); true if it did. Also used by
  * a new image whose daemon died during the update, before it brings the devices up again.
  */
-export async function restartDaemonIfGone(vmm: Vmm): Promise<boolean> {
+export async function restartDaemonIfGone(vmm: DaemonOwner): Promise<boolean> {
   const d = vmm.daemon;
   if (!d?.args || processAlive(d.pid)) return false;
   // Our child since the first image (exec keeps the pid), which Node no longer tracks after an
@@ -155,13 +166,13 @@ export async function restartDaemonIfGone(vmm: Vmm): Promise<boolean> {
   return true;
 }
 
-async function recoverDaemon(vmm: Vmm, d: DaemonRef): Promise<void> {
+async function recoverDaemon(vmm: DaemonOwner, d: DaemonRef): Promise<void> {
   const t0 = performance.now();
   if (!await restartDaemonIfGone(vmm)) return;
   const served = vmm.vdpa.filter((dev) => dev.devicePath.startsWith(`${d.dir}/`));
   for (const dev of served) dev.reattach(vmm.machine.mem);
   const outage = Math.round((performance.now() - t0) * 10) / 10;
   const pid = vmm.daemon!.pid;
-  vmm.qmp?.event('VDPA_DAEMON_RESTARTED', { pid, devices: served.map((dev) => dev.index), 'outage-ms': outage });
+  vmm.event('VDPA_DAEMON_RESTARTED', { pid, devices: served.map((dev) => dev.index), 'outage-ms': outage });
   (await log()).warn({ pid, outage_ms: outage }, `vdpa daemon restarted (pid ${pid}); ${served.length} device(s) re-attached in ${outage} ms`);
 }
