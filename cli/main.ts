@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseVdpaSpec } from '../vmm/vdpa.js';
-import { UsageError, parse, parseSize, parseRunConfig } from '../vmm/config.js';
+import { UsageError, parse, parseSize, parseRunConfig, defaultAccel } from '../vmm/config.js';
 import { openAccelerator, isAccelChoice, type AccelChoice } from '../src/accel/select.js';
 import { AccelUnavailable, type Accelerator } from '../src/accel/index.js';
 
@@ -96,7 +96,7 @@ async function cmdDemo(args: string[]): Promise<void> {
   const { values } = parse(args, {
     updates: { type: 'string', default: '3' }, memory: { type: 'string', default: '1G' }, vdpa: { type: 'string', multiple: true },
     json: { type: 'boolean', default: false }, 'interval-ms': { type: 'string', default: '2000' },
-    mode: { type: 'string', default: 'cpr-exec' }, inject: { type: 'string' }, accel: { type: 'string', default: 'auto' },
+    mode: { type: 'string', default: 'cpr-exec' }, inject: { type: 'string' }, accel: { type: 'string', default: defaultAccel() },
   });
   const mode = values.mode as string;
   const choice = values.accel as string;

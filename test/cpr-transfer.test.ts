@@ -35,7 +35,7 @@ async function flowsClean(v: MovingVm, mark: number): Promise<void> {
   expect(v.out).not.toMatch(/MISMATCH|IOERR/);
 }
 
-describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
+describeWith(['guest', 'fuse', 'root'], 'cpr-transfer', () => {
   it('moves a running guest and its vdpa devices to a pre-started process', async () => {
     vm = new MovingVm(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk']);
     await vm.waitFor(/^net sent=.*\n/m, 60_000);

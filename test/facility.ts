@@ -1,24 +1,69 @@
-// Gate tests on host facilities. Under CI=true a missing facility is a failure, not a skip.
+// Gate tests on host facilities. Nothing here throws while vitest collects the tests: a missing
+// facility makes its tests skip with one printed line, or, under CI=true for a facility CI must
+// have, fail with the reason. Guests run on the accelerator MINIVMM_ACCEL names (default auto:
+// KVM when /dev/kvm opens, the emulator otherwise), so a machine without /dev/kvm runs them too.
 import { accessSync, constants } from 'node:fs';
-import { describe } from 'vitest';
+import { describe, it } from 'vitest';
+import { openAccelerator, isAccelChoice } from '../src/accel/select.js';
+import type { AccelKind } from '../src/accel/index.js';
 
-const checks: Record<string, () => string | null> = {
-  kvm: () => { try { accessSync('/dev/kvm', constants.R_OK | constants.W_OK); return null; } catch { return 'no usable /dev/kvm'; } },
-  fuse: () => { try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK); return null; } catch { return 'no usable /dev/fuse'; } },
-  root: () => (process.getuid?.() === 0 ? null : 'not running as root'),
+export const ACCEL_CHOICE = process.env.MINIVMM_ACCEL ?? 'auto';
+
+/** The accelerator guests run on in this test run, or why there is none. */
+async function probeAccel(): Promise<{ kind?: AccelKind; reason?: string }> {
+  if (!isAccelChoice(ACCEL_CHOICE)) return { reason: `MINIVMM_ACCEL=${ACCEL_CHOICE} is not kvm, emu or auto` };
+  try { return { kind: (await openAccelerator(ACCEL_CHOICE)).accel.kind }; } catch (e) { return { reason: `no accelerator for MINIVMM_ACCEL=${ACCEL_CHOICE}: ${(e as Error).message}` }; }
+}
+const accel = await probeAccel();
+/** Which accelerator runs the guests ('kvm' or 'emu'), undefined if none can. */
+export const ACCEL: AccelKind | undefined = accel.kind;
+
+const usable = (path: string): boolean => { try { accessSync(path, constants.R_OK | constants.W_OK); return true; } catch { return false; } };
+
+/** Each facility: how to tell it is missing, and whether CI must have it. */
+const checks = {
+  /** An accelerator for the guests (CI must have one: the project installs the emulator). */
+  guest: { ci: true, missing: () => accel.reason ?? null },
+  /** /dev/kvm itself, for tests about KVM (a CI machine may lack it: they skip). */
+  kvm: { ci: false, missing: () => (usable('/dev/kvm') ? null : 'no usable /dev/kvm') },
+  /** The emulator itself, for tests about it. */
+  emu: { ci: true, missing: () => null as string | null },
+  fuse: { ci: true, missing: () => (usable('/dev/fuse') ? null : 'no usable /dev/fuse') },
+  root: { ci: true, missing: () => (process.getuid?.() === 0 ? null : 'not running as root') },
 };
+export type Facility = keyof typeof checks;
 
-/** Returns the reason the facilities are missing, or null. Throws under CI=true. */
-export function missing(...needs: (keyof typeof checks)[]): string | null {
-  const reasons = needs.map((n) => checks[n]()).filter((r): r is string => r !== null);
-  if (reasons.length === 0) return null;
-  if (process.env.CI === 'true') throw new Error(`required facility missing under CI: ${reasons.join(', ')}`);
-  return reasons.join(', ');
+/** Registers an emu facility check (the emulator's own module decides what it needs). */
+export function setEmuCheck(f: () => string | null): void { checks.emu.missing = f; }
+
+const underCi = process.env.CI === 'true';
+
+/** The reasons `needs` are missing, split into those that fail under CI and those that skip. */
+function reasons(needs: Facility[]): { fatal: string[]; skip: string[] } {
+  const fatal: string[] = [], skip: string[] = [];
+  for (const n of needs) {
+    const r = checks[n].missing();
+    if (r) (underCi && checks[n].ci ? fatal : skip).push(r);
+  }
+  return { fatal, skip };
 }
 
-/** describe() that skips with a one-line reason outside CI, and fails under CI, when facilities are missing. */
-export function describeWith(needs: (keyof typeof checks)[], name: string, fn: () => void): void {
-  const reason = missing(...needs);
-  if (reason) describe.skip(`${name} (skipped: ${reason})`, fn);
-  else describe(name, fn);
+/** Why the facilities are missing (joined), or null: for tests that decide inside a test body. */
+export function missing(...needs: Facility[]): string | null {
+  const { fatal, skip } = reasons(needs);
+  return [...fatal, ...skip].join(', ') || null;
+}
+
+/**
+ * describe() that runs when `needs` are present. Otherwise, under CI=true with a facility CI must
+ * have: one failing test naming it; else the block is skipped and one line says what is missing.
+ */
+export function describeWith(needs: Facility[], name: string, fn: () => void): void {
+  const { fatal, skip } = reasons(needs);
+  if (fatal.length) {
+    describe(name, () => { it(`needs ${needs.join(', ')}`, () => { throw new Error(`required facility missing under CI: ${fatal.join(', ')}`); }); });
+  } else if (skip.length) {
+    process.stdout.write(`skip: ${name}: ${skip.join(', ')}\n`);
+    describe.skip(`${name} (skipped: ${skip.join(', ')})`, fn);
+  } else describe(name, fn);
 }

@@ -2,7 +2,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { openSync, writeFileSync, closeSync } from 'node:fs';
-import { describeWith } from './facility.js';
+import { ACCEL, describeWith } from './facility.js';
 import { runMinivmm, VmProcess, counterValues, tempDir, writeTinyElf } from './harness.js';
 import { encodeState, loadEncoder, type CprState } from '../cpr/envelope.js';
 import { plausibleState } from './fuzz/state.js';
@@ -14,7 +14,7 @@ const oneLineError = (stderr: string) => {
   expect(stderr).not.toMatch(/\n\s+at /);
 };
 
-describeWith(['kvm'], 'guests boot and exit', () => {
+describeWith(['guest'], 'guests boot and exit', () => {
   it('hello prints the greeting and exits 0', async () => {
     const r = await runMinivmm(['run', '--guest', 'hello']);
     expect(r.stdout).toContain('Hello from minivmm guest\n');
@@ -95,7 +95,7 @@ describe('bad input gets one line and a non-zero exit', () => {
 
 await loadEncoder();
 
-describeWith(['kvm'], 'a corrupt CPR state blob is rejected by the new image', () => {
+describeWith(['guest'], 'a corrupt CPR state blob is rejected by the new image', () => {
   const sample = plausibleState();
   const valid: CprState = { ...sample, vmm: { ...sample.vmm, machine: { ...sample.vmm.machine, vcpus: [] } } };
   const blobs: [string, Buffer, RegExp][] = [
@@ -120,7 +120,7 @@ describeWith(['kvm'], 'a corrupt CPR state blob is rejected by the new image', (
   }
 });
 
-describeWith(['kvm'], 'an exec target that dies before restoring', () => {
+describeWith(['guest'], 'an exec target that dies before restoring', () => {
   it('loses the guest, and says so; the process is gone', async () => {
     const vm2 = await VmProcess.start(['--guest', 'counter', '--log-level', 'warn']);
     await vm2.waitFor(/counter \d+ tsc \d+ round \d+\n/);
@@ -132,7 +132,7 @@ describeWith(['kvm'], 'an exec target that dies before restoring', () => {
   });
 });
 
-describeWith(['kvm'], 'QMP monitor', () => {
+describeWith(['guest'], 'QMP monitor', () => {
   let vm: VmProcess;
   afterAll(async () => { await vm?.kill(); });
 
@@ -179,7 +179,7 @@ describeWith(['kvm'], 'QMP monitor', () => {
   });
 });
 
-describeWith(['kvm'], 'cpr-exec live update of the counter guest', () => {
+describeWith(['guest'], 'cpr-exec live update of the counter guest', () => {
   let vm: VmProcess;
   afterAll(async () => { await vm?.kill(); });
 
@@ -212,8 +212,8 @@ describeWith(['kvm'], 'cpr-exec live update of the counter guest', () => {
     const tscs = [...vm.stdout.matchAll(/^counter \d+ tsc (\d+) round/gm)].map((m) => Number(m[1]));
     const gaps = tscs.slice(1).map((t, i) => t - tscs[i]);
     expect(Math.min(...gaps)).toBeGreaterThan(0);
-    const { KvmAccelerator } = await import('../src/accel/kvm.js');
-    const khz = KvmAccelerator.open().createVm(1).vcpus[0].tscKhz();
+    const { openAccelerator } = await import('../src/accel/select.js');
+    const khz = (await openAccelerator(ACCEL!)).accel.createVm(1).vcpus[0].tscKhz(); // the rate the guest's TSC runs at
     const sorted = [...gaps].sort((a, b) => a - b);
     const typical = sorted[Math.floor(sorted.length / 2)];
     expect(Math.max(...gaps)).toBeLessThan(3 * typical + (Math.max(...downtimes) + 500) * khz);

@@ -67,7 +67,7 @@ describe('fuzz: CLI arguments in-process', () => {
   });
 });
 
-describeWith(['kvm'], 'fuzz: CLI arguments, real invocations', () => {
+describeWith(['guest'], 'fuzz: CLI arguments, real invocations', () => {
   it('~100 bad `minivmm run` invocations: non-zero exit, one line, no stack trace', async () => {
     const seed = fuzzSeed(0xc13);
     const r = rng(seed);

@@ -17,7 +17,7 @@ import { buildRace, oneLineProblem } from './fuzz/real.js';
 
 const GUESTS = ['hello', 'counter', 'netloop'].map((g) => readFileSync(join(ROOT, 'dist/guests', `${g}.elf`)));
 
-describeWith(['kvm'], 'fuzz: guest ELF images in-process', () => {
+describeWith([], 'fuzz: guest ELF images in-process', () => {
   let mem: GuestMemory;
   const dir = tempDir('minivmm-fuzz-elf-');
   beforeAll(() => { mem = GuestMemory.create(64 * 2 ** 20); });
@@ -89,7 +89,7 @@ function runFor(ms: number, argv: string[], signal: NodeJS.Signals = 'SIGKILL'):
   });
 }
 
-describeWith(['kvm'], 'fuzz: guest ELF images through the real binary', () => {
+describeWith(['guest'], 'fuzz: guest ELF images through the real binary', () => {
   it('~50 mutated images: one-line error, or a guest that runs, exits or fails with one line', async () => {
     const seed = fuzzSeed(0xe20);
     const r = rng(seed);

@@ -61,7 +61,7 @@ function badReply(line: string): string | null {
   return `neither return nor error: ${line.slice(0, 200)}`;
 }
 
-describeWith(['kvm'], 'fuzz: QMP input against a running VM', () => {
+describeWith(['guest'], 'fuzz: QMP input against a running VM', () => {
   let vm: VmProcess;
   const seed = fuzzSeed(0x9a9);
   const problems: string[] = [];

@@ -29,7 +29,7 @@ function check(blob: Buffer): string | null {
 
 describe('fuzz: CPR state blobs in-process', () => {
   beforeAll(async () => {
-    if (!missing('kvm')) real = await captureRealBlob();
+    if (!missing('guest')) real = await captureRealBlob();
   }, 60_000);
 
   it('the seeds decode', () => {
@@ -64,7 +64,7 @@ describe('fuzz: CPR state blobs in-process', () => {
   });
 });
 
-describeWith(['kvm'], 'fuzz: CPR state blobs fed to a real new image', () => {
+describeWith(['guest'], 'fuzz: CPR state blobs fed to a real new image', () => {
   it('~30 mutated blobs: exit 1 and one line each', async () => {
     const seed = fuzzSeed(0x57a7f);
     const r = rng(seed);

@@ -74,7 +74,7 @@ async function soak(args: string[], updates: number): Promise<void> {
   expect(vm.stdout).not.toMatch(/MISMATCH|IOERR/);
 }
 
-describeWith(['kvm', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
+describeWith(['guest', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
   it('50 updates under net + blk traffic on va devices: no loss, all new-owner, no leaks', async () => {
     await soak(['--guest', 'netblk', '--vdpa', 'sim:net,va', '--vdpa', 'sim:blk,va'], 50);
   }, 300_000);
@@ -158,7 +158,7 @@ function daemonStopped(d: { pid: number; dir: string }): boolean {
   return !processAlive(d.pid) && !mounted;
 }
 
-describeWith(['kvm', 'fuse', 'root'], 'SIGTERM during a cpr-exec update', () => {
+describeWith(['guest', 'fuse', 'root'], 'SIGTERM during a cpr-exec update', () => {
   it('before the exec: the update is cancelled and the old image ends the VM cleanly', async () => {
     vm = await VmProcess.start(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', 'sim:net']);
     await vm.waitFor(/^net sent=.*\n/m, 60_000);
@@ -191,7 +191,7 @@ describeWith(['kvm', 'fuse', 'root'], 'SIGTERM during a cpr-exec update', () => 
   }, 120_000);
 });
 
-describeWith(['kvm', 'fuse', 'root'], 'the device daemon killed under a running VM', () => {
+describeWith(['guest', 'fuse', 'root'], 'the device daemon killed under a running VM', () => {
   it('is restarted and its devices re-attached: traffic resumes, the disk keeps its data, updates still take the fast path', async () => {
     vm = await VmProcess.start(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk,pa']);
     await vm.waitFor(/^blk written=.*\n/m, 60_000);

@@ -48,12 +48,15 @@ export function parse(args: string[], options: ParseArgsConfig['options'], allow
   }
 }
 
+/** --accel's default: MINIVMM_ACCEL if set (tests and CI pick the accelerator for every VM they start), else auto. */
+export const defaultAccel = (): string => process.env.MINIVMM_ACCEL || 'auto';
+
 export function parseRunConfig(args: string[]): MachineConfig & { incoming?: string } {
   const { values } = parse(args, {
     guest: { type: 'string' }, memory: { type: 'string', default: '256M' }, smp: { type: 'string', default: '1' },
     serial: { type: 'string', default: 'stdio' }, qmp: { type: 'string' }, append: { type: 'string', default: '' },
     'log-level': { type: 'string', default: 'info' }, vdpa: { type: 'string', multiple: true, default: [] },
-    incoming: { type: 'string' }, accel: { type: 'string', default: 'auto' },
+    incoming: { type: 'string' }, accel: { type: 'string', default: defaultAccel() },
   });
   const accel = values.accel as string;
   if (!isAccelChoice(accel)) throw new UsageError(`--accel ${accel}: expected kvm, emu or auto`);

@@ -1,6 +1,6 @@
 // `--vdpa` devices: a vhost-vdpa node path, or `sim:net|sim:blk[,va|pa][,no-new-owner]`, served by
 // the embedded device daemon (started here, for the VM's lifetime: it survives our exec).
-import { mkdtempSync, rmdirSync, unlinkSync } from 'node:fs';
+import { mkdtempSync, rmdirSync, unlinkSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
@@ -153,17 +153,26 @@ export function watchDaemon(vmm: DaemonOwner): void {
  * Starts the daemon again if it is gone (same arguments, same mount); true if it did. Also used by
  * a new image whose daemon died during the update, before it brings the devices up again.
  */
-export async function restartDaemonIfGone(vmm: DaemonOwner): Promise<boolean> {
+export async function restartDaemonIfGone(vmm: DaemonOwner, waitMs = 0): Promise<boolean> {
   const d = vmm.daemon;
-  if (!d?.args || processAlive(d.pid)) return false;
+  if (!d?.args) return false;
+  // A daemon killed a moment ago may still be on its way out (its device connections already
+  // aborted): give it `waitMs` to be gone before deciding it lives.
+  for (const deadline = Date.now() + waitMs; processAlive(d.pid) && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 10));
+  if (processAlive(d.pid)) return false;
   // Our child since the first image (exec keeps the pid), which Node no longer tracks after an
-  // exec: reap it, or it stays a zombie until the VM ends.
-  reapChild(d.pid);
+  // exec: reap it, or it stays a zombie until the VM ends. A killed multi-threaded process shows
+  // as a zombie before its last thread is gone, and cannot be reaped until then: keep trying.
+  if (!reapChild(d.pid)) reapWhenDone(d.pid);
   const { spawnVdpaDaemon } = await import('../devices/vdpa/launch.js');
   process.stderr.write(`minivmm: vdpa daemon (pid ${d.pid}) is gone; restarting it\n`);
   const pid = await spawnVdpaDaemon(d.dir, d.args);
   vmm.daemon = { ...d, pid, restarts: (d.restarts ?? 0) + 1 };
   return true;
+}
+
+function reapWhenDone(pid: number, triesLeft = 100): void {
+  setTimeout(() => { if (!reapChild(pid) && existsSync(`/proc/${pid}`) && triesLeft > 1) reapWhenDone(pid, triesLeft - 1); }, 20).unref();
 }
 
 async function recoverDaemon(vmm: DaemonOwner, d: DaemonRef): Promise<void> {

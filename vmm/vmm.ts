@@ -135,7 +135,7 @@ export class Vmm {
       } catch (e) {
         // The embedded daemon died during the update: start it again and bring the device up by
         // the slow path (a fresh device, the saved ring bases), rather than lose the guest.
-        if (opts.inject || !s.devicePath.startsWith(`${vmm.daemon?.dir}/`) || !await restartDaemonIfGone(vmm)) throw e;
+        if (opts.inject || !s.devicePath.startsWith(`${vmm.daemon?.dir}/`) || !await restartDaemonIfGone(vmm, 2000)) throw e;
         r = VhostVdpa.restore({ ...s, path: 'fallback' }, vmm.machine.vm, mem);
         r.note = `the device daemon died during the update (${(e as Error).message}); restarted, device re-acquired by the slow path`;
       }
