@@ -98,29 +98,32 @@ export interface IotlbMsg {
   framing?: typeof VHOST_IOTLB_MSG | typeof VHOST_IOTLB_MSG_V2;
 }
 
+/** struct vhost_msg_v2: type u32, asid u32, then struct vhost_iotlb_msg (iova, size, uaddr u64; perm, type u8). */
+export const IOTLB_MSG = { framing: 0, asid: 4, iova: 8, size: 16, uaddr: 24, perm: 32, type: 33 } as const;
+
 /** Encode a 72-byte vhost_msg / vhost_msg_v2. */
 export function encodeIotlbMsg(m: IotlbMsg): Buffer {
   const b = Buffer.alloc(IOTLB_MSG_SIZE);
-  b.writeUInt32LE(m.framing ?? VHOST_IOTLB_MSG_V2, 0);
-  b.writeUInt32LE(m.asid ?? 0, 4);
-  b.writeBigUInt64LE(m.iova, 8);
-  b.writeBigUInt64LE(m.size, 16);
-  b.writeBigUInt64LE(m.uaddr, 24);
-  b.writeUInt8(m.perm, 32);
-  b.writeUInt8(m.type, 33);
+  b.writeUInt32LE(m.framing ?? VHOST_IOTLB_MSG_V2, IOTLB_MSG.framing);
+  b.writeUInt32LE(m.asid ?? 0, IOTLB_MSG.asid);
+  b.writeBigUInt64LE(m.iova, IOTLB_MSG.iova);
+  b.writeBigUInt64LE(m.size, IOTLB_MSG.size);
+  b.writeBigUInt64LE(m.uaddr, IOTLB_MSG.uaddr);
+  b.writeUInt8(m.perm, IOTLB_MSG.perm);
+  b.writeUInt8(m.type, IOTLB_MSG.type);
   return b;
 }
 
 /** Decode the fields of a vhost_msg(_v2); length checks are the caller's (the kernel's order matters). */
 export function decodeIotlbMsg(b: Buffer): Required<IotlbMsg> {
   return {
-    framing: b.readUInt32LE(0) as 1 | 2,
-    asid: b.readUInt32LE(4),
-    iova: b.readBigUInt64LE(8),
-    size: b.readBigUInt64LE(16),
-    uaddr: b.readBigUInt64LE(24),
-    perm: b.readUInt8(32),
-    type: b.readUInt8(33),
+    framing: b.readUInt32LE(IOTLB_MSG.framing) as 1 | 2,
+    asid: b.readUInt32LE(IOTLB_MSG.asid),
+    iova: b.readBigUInt64LE(IOTLB_MSG.iova),
+    size: b.readBigUInt64LE(IOTLB_MSG.size),
+    uaddr: b.readBigUInt64LE(IOTLB_MSG.uaddr),
+    perm: b.readUInt8(IOTLB_MSG.perm),
+    type: b.readUInt8(IOTLB_MSG.type),
   };
 }
 
@@ -130,6 +133,8 @@ const pair = (a: number, b: number) => { const x = Buffer.alloc(8); x.writeUInt3
 const pairU = (a: number, b: number) => { const x = Buffer.alloc(8); x.writeUInt32LE(a >>> 0, 0); x.writeUInt32LE(b >>> 0, 4); return x; };
 
 export interface VringAddr { index: number; flags: number; desc: bigint; used: bigint; avail: bigint; log: bigint }
+/** struct vhost_vring_addr (40 bytes). */
+export const VRING_ADDR = { index: 0, flags: 4, desc: 8, used: 16, avail: 24, log: 32, size: 40 } as const;
 
 export const vhost = {
   getFeatures(fd: number): bigint { const b = Buffer.alloc(8); ioctlBuf('VHOST_GET_FEATURES', fd, VHOST.GET_FEATURES, b); return b.readBigUInt64LE(); },
@@ -142,9 +147,10 @@ export const vhost = {
   setVringBase(fd: number, index: number, num: number): void { ioctlBuf('VHOST_SET_VRING_BASE', fd, VHOST.SET_VRING_BASE, pairU(index, num)); },
   getVringBase(fd: number, index: number): number { const b = pairU(index, 0); ioctlBuf('VHOST_GET_VRING_BASE', fd, VHOST.GET_VRING_BASE, b); return b.readUInt32LE(4); },
   setVringAddr(fd: number, a: VringAddr): void {
-    const b = Buffer.alloc(40);
-    b.writeUInt32LE(a.index, 0); b.writeUInt32LE(a.flags, 4);
-    b.writeBigUInt64LE(a.desc, 8); b.writeBigUInt64LE(a.used, 16); b.writeBigUInt64LE(a.avail, 24); b.writeBigUInt64LE(a.log, 32);
+    const b = Buffer.alloc(VRING_ADDR.size);
+    b.writeUInt32LE(a.index, VRING_ADDR.index); b.writeUInt32LE(a.flags, VRING_ADDR.flags);
+    b.writeBigUInt64LE(a.desc, VRING_ADDR.desc); b.writeBigUInt64LE(a.used, VRING_ADDR.used);
+    b.writeBigUInt64LE(a.avail, VRING_ADDR.avail); b.writeBigUInt64LE(a.log, VRING_ADDR.log);
     ioctlBuf('VHOST_SET_VRING_ADDR', fd, VHOST.SET_VRING_ADDR, b);
   },
   setVringKick(fd: number, index: number, efd: number): void { ioctlBuf('VHOST_SET_VRING_KICK', fd, VHOST.SET_VRING_KICK, pair(index, efd)); },

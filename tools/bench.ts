@@ -3,8 +3,10 @@
 // 1. Live-update blackout of `netloop` on an embedded net,pa device (it pins, like hardware)
 //    against guest RAM size, interleaved in one VM: cpr-exec on the new-owner path, cpr-exec on
 //    the forced fallback (reopen + re-pin), and cpr-transfer to a pre-started process.
-// 2. VMM start to the guest's first instruction; QMP round trip; the no-device blackout (counter);
-//    host-driven frames/s through the embedded device's loopback.
+// 2. Against Node's own start-up (`node -e 0`, same binary and environment as an exec'd image),
+//    each paired with one in the same run: the cpr-exec blackout without devices and with a va and
+//    a pa device, cpr-transfer, VMM start to the guest's first instruction.
+// 3. QMP round trip; host-driven frames/s through the embedded device's loopback.
 import { parseArgs } from 'node:util';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
@@ -14,8 +16,8 @@ import { fileURLToPath } from 'node:url';
 import { runUpdate } from '../vmm/update.js';
 import { QmpConnection } from '../vmm/qmp.js';
 import { parseSize } from '../vmm/config.js';
-import { parseStats } from './stats.js';
-import { quantile, median, slope } from './stats.js';
+import { parseStats, quantile, median, slope } from './stats.js';
+import { leanEnv } from '../cpr/exec.js';
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 const BIN = join(ROOT, 'bin/minivmm.js');
@@ -131,10 +133,54 @@ async function blackoutVsRam(sizes: string[], n: number, dir: string, pinCost: n
   return results;
 }
 
-async function startupTimes(dir: string, n: number): Promise<number[]> {
+/** Wall time of `node -e 0` from spawn to exit, in the environment an exec'd image gets (ms). */
+async function bareNodeStart(): Promise<number> {
+  const t0 = performance.now();
+  const c = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore', env: leanEnv(process.env) });
+  await new Promise((r) => c.once('exit', r));
+  return performance.now() - t0;
+}
+
+interface Paired { median_ms: number; p90_ms: number; node_ms: number; ratio: number; n: number; phases?: Record<string, number> }
+/** Each figure beside a bare Node start-up measured right after it; the ratio is the median of the pairs. */
+function paired(xs: number[], nodes: number[], phases?: Record<string, number>): Paired {
+  return { median_ms: r1(median(xs)), p90_ms: r1(quantile(xs, 0.9)), node_ms: r1(median(nodes)), ratio: r2(median(xs.map((x, i) => x / nodes[i]))), n: xs.length, ...(phases ? { phases } : {}) };
+}
+
+/** The live-update targets against Node's own start-up, on the accelerator `accel`. */
+async function againstNode(dir: string, n: number, accel: string): Promise<Record<string, Paired>> {
+  const out: Record<string, Paired> = {};
+  const series = async (name: string, args: string[], waitRe: RegExp, kind: 'cpr-exec' | 'cpr-transfer') => {
+    const vm = await startVm([...args, '--accel', accel], dir, waitRe);
+    const s = newSeries(), nodes: number[] = [];
+    for (let i = 0; i < n; i++) {
+      record(s, kind === 'cpr-transfer' ? await transfer(vm) : await update(vm));
+      nodes.push(await bareNodeStart());
+      progress(`${name}: update ${i + 1}/${n}: ${s.downtimes[i].toFixed(1)} ms, node -e 0 ${nodes[i].toFixed(1)} ms`);
+      await new Promise((res) => setTimeout(res, 300));
+    }
+    await vm.stop();
+    const sum = summarize(s);
+    out[name] = paired(s.downtimes, nodes, sum.phases);
+  };
+  await series('cpr-exec, no device', ['--guest', 'counter', '--memory', '1G'], /^counter /m, 'cpr-exec');
+  const twoDevices = ['--guest', 'netblk', '--memory', '1G', '--vdpa', 'sim:net,va', '--vdpa', 'sim:blk,pa'];
+  await series('cpr-exec, va + pa devices', twoDevices, /^blk written=/m, 'cpr-exec');
+  await series('cpr-transfer, va + pa devices', twoDevices, /^blk written=/m, 'cpr-transfer');
+  const starts: number[] = [], nodes: number[] = [];
+  for (let i = 0; i < n; i++) {
+    starts.push((await startupTimes(dir, 1, accel))[0]);
+    nodes.push(await bareNodeStart());
+  }
+  out['start to first instruction'] = paired(starts, nodes);
+  progress('');
+  return out;
+}
+
+async function startupTimes(dir: string, n: number, accel = 'auto'): Promise<number[]> {
   const out: number[] = [];
   for (let i = 0; i < n; i++) {
-    const vm = await startVm(['--guest', 'counter', '--memory', '1G'], dir, /^counter /m);
+    const vm = await startVm(['--guest', 'counter', '--memory', '1G', '--accel', accel], dir, /^counter /m);
     const c = await QmpConnection.connect(vm.qmp);
     const s = await c.execute('x-query-stats') as { 'first-run-epoch-ms': number };
     c.close();
@@ -205,27 +251,33 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     sizes: { type: 'string', default: '1G,2G,4G,8G,16G' }, updates: { type: 'string', default: '10' }, json: { type: 'boolean', default: false },
     'pin-cost-ms-per-gib': { type: 'string' }, quick: { type: 'boolean', default: false },
+    accel: { type: 'string', default: 'auto' }, only: { type: 'string', default: 'node,ram,misc' },
   } });
+  const only = new Set((values.only as string).split(','));
+  const accels = (values.accel as string).split(',');
   const sizes = (values.sizes as string).split(',');
   sizes.forEach(parseSize);
   const n = Number(values.updates);
   const pinCost = values['pin-cost-ms-per-gib'] !== undefined ? Number(values['pin-cost-ms-per-gib']) : undefined;
   const dir = mkdtempSync(join(tmpdir(), 'minivmm-bench-'));
-  const command = `npm run bench -- --sizes ${values.sizes} --updates ${n}`;
+  const command = `npm run bench -- --sizes ${values.sizes} --updates ${n} --accel ${values.accel} --only ${values.only}`;
   const machine = machineInfo();
   try {
-    const results = await blackoutVsRam(sizes, n, dir, pinCost);
-    const startup = await startupTimes(dir, values.quick ? 3 : 10);
-    const qmp = await qmpLatency(dir, 1000);
-    const noDevice = await noDeviceBlackout(dir, n);
-    progress('loopback frames/s (host-driven, 3 s per mode)...');
-    const loopback = loopbackFramesPerSecond();
+    const vsNode: Record<string, Record<string, Paired>> = {};
+    if (only.has('node')) for (const a of accels) vsNode[a] = await againstNode(dir, n, a);
+    const results = only.has('ram') ? await blackoutVsRam(sizes, n, dir, pinCost) : [];
+    const misc = only.has('misc');
+    const startup = misc ? await startupTimes(dir, values.quick ? 3 : 10) : [];
+    const qmp = misc ? await qmpLatency(dir, 1000) : [];
+    const noDevice = misc ? await noDeviceBlackout(dir, n) : undefined;
+    if (misc) progress('loopback frames/s (host-driven, 3 s per mode)...');
+    const loopback = misc ? loopbackFramesPerSecond() : {};
     progress('');
     const byPath = (p: string) => results.filter((r) => r.path === p) as { gib: number; median_ms: number; size: string }[];
     const slopes = Object.fromEntries(KINDS.map((p) => [p, r2(slope(byPath(p).map((r) => [r.gib, r.median_ms])))]));
     const ratios = Object.fromEntries(byPath('new-owner').map((r) => [r.size, r2((byPath('fallback').find((f) => f.size === r.size)?.median_ms ?? NaN) / r.median_ms)]));
     const out = {
-      machine, command, results,
+      machine, command, against_node: vsNode, results,
       slope_ms_per_gib: slopes, ratio_fallback_over_new_owner: ratios,
       startup_to_first_instruction_ms: { median: r1(median(startup)), p90: r1(quantile(startup, 0.9)), n: startup.length },
       qmp_round_trip_ms: { median: r2(median(qmp)), p90: r2(quantile(qmp, 0.9)), n: qmp.length },
@@ -237,21 +289,30 @@ async function main(): Promise<void> {
     mkdirSync(resultsDir, { recursive: true });
     const stem = join(resultsDir, `bench-${new Date().toISOString().slice(0, 10)}`);
     writeFileSync(`${stem}.json`, `${JSON.stringify(out, null, 2)}\n`);
-    writeFileSync(`${stem}.svg`, await plot(results, machine, command));
+    if (results.length) writeFileSync(`${stem}.svg`, await plot(results, machine, command));
     if (values.json) { process.stdout.write(`${JSON.stringify(out)}\n`); return; }
     console.log(`minivmm bench: ${machine.cpu}, ${machine.cores} cores, ${machine.memory_gib} GiB, Linux ${machine.kernel}, Node ${machine.node}`);
+    const targets: Record<string, string> = { 'cpr-exec, no device': '<= 1.6x node', 'cpr-exec, va + pa devices': '', 'cpr-transfer, va + pa devices': '<= 8 ms', 'start to first instruction': '<= 150 ms' };
+    for (const [a, rows] of Object.entries(vsNode)) {
+      console.log(`\nagainst Node's own start-up (node -e 0, same binary and environment, one after each figure; accelerator ${a}; ${n} pairs)`);
+      console.log('figure                              median     p90   node -e 0   ratio   target');
+      for (const [name, r] of Object.entries(rows)) console.log(`${name.padEnd(34)} ${String(r.median_ms).padStart(7)} ${String(r.p90_ms).padStart(7)} ${String(r.node_ms).padStart(11)} ${r.ratio.toFixed(2).padStart(7)}   ${targets[name] ?? ''}`);
+      const d = rows['cpr-exec, va + pa devices'], z = rows['cpr-exec, no device'];
+      if (d && z) console.log(`devices add ${r1(d.median_ms - z.median_ms)} ms to a cpr-exec blackout (target <= 5 ms); phases with devices: ${Object.entries(d.phases ?? {}).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    }
+    if (!results.length && !misc) { console.log(`\nwritten: ${stem}.json`); return; }
     console.log(`\nlive-update blackout, netloop on sim:net,pa, ${n} updates per kind and size (ms; phases are medians)`);
     console.log('cpr-exec new-owner, cpr-exec fallback (forced), cpr-transfer (new-owner); "handoff" is the exec or the fd transfer');
-    console.log('kind         size  median    p90 |  pause   save handoff  load  decode   kvm devices new_owner remap  repin  resume');
+    console.log('kind         size  median    p90 |  pause   save handoff  load  decode     vm devices new_owner remap  repin  resume');
     for (const r of results as { path: string; size: string; median_ms: number; p90_ms: number; phases: Record<string, number> }[]) {
       const p: Record<string, number> = { ...r.phases, handoff: r.phases.exec ?? r.phases.transfer };
-      console.log(`${r.path.padEnd(12)} ${r.size.padStart(4)} ${String(r.median_ms).padStart(7)} ${String(r.p90_ms).padStart(6)} | ${['pause', 'save', 'handoff', 'load', 'decode', 'kvm', 'devices', 'new_owner', 'remap', 'repin', 'resume'].map((k) => String(p[k] ?? '-').padStart(6)).join(' ')}`);
+      console.log(`${r.path.padEnd(12)} ${r.size.padStart(4)} ${String(r.median_ms).padStart(7)} ${String(r.p90_ms).padStart(6)} | ${['pause', 'save', 'handoff', 'load', 'decode', 'vm', 'devices', 'new_owner', 'remap', 'repin', 'resume'].map((k) => String(p[k] ?? '-').padStart(6)).join(' ')}`);
     }
     console.log(`\nslope (ms/GiB): new-owner ${slopes['new-owner']}, fallback ${slopes.fallback}, cpr-transfer ${slopes['cpr-transfer']}`);
     console.log(`fallback / new-owner: ${Object.entries(ratios).map(([s, x]) => `${s} ${x}x`).join(', ')}`);
     console.log(`VMM start to first guest instruction: median ${out.startup_to_first_instruction_ms.median} ms, p90 ${out.startup_to_first_instruction_ms.p90} ms`);
     console.log(`QMP round trip (query-status): median ${out.qmp_round_trip_ms.median} ms, p90 ${out.qmp_round_trip_ms.p90} ms`);
-    console.log(`no-device blackout (counter, 1G): median ${noDevice.median_ms} ms, p90 ${noDevice.p90_ms} ms`);
+    if (noDevice) console.log(`no-device blackout (counter, 1G): median ${noDevice.median_ms} ms, p90 ${noDevice.p90_ms} ms`);
     console.log(`embedded loopback, host-driven 64-byte frames: ${Object.entries(loopback).map(([k, v]) => `${k} ${v}/s`).join(', ')}`);
     console.log(`\nwritten: ${stem}.json, ${stem}.svg`);
   } finally {

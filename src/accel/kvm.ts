@@ -240,7 +240,7 @@ export class KvmVcpu implements Vcpu {
 
 // ---- struct kvm_segment, kvm_fpu, kvm_irqchip, kvm_pit_state2 <-> neutral ----
 
-const SEG_FLAGS = ['type', 'present', 'dpl', 'db', 's', 'l', 'g', 'avl', 'unusable'] as const;
+export const SEG_FLAGS = ['type', 'present', 'dpl', 'db', 's', 'l', 'g', 'avl', 'unusable'] as const;
 function readSegment(b: Buffer, off: number): Segment {
   const s = { base: b.readBigUInt64LE(off), limit: b.readUInt32LE(off + 8), selector: b.readUInt16LE(off + 12) } as Segment;
   SEG_FLAGS.forEach((f, i) => { s[f] = b.readUInt8(off + 14 + i); });
@@ -260,7 +260,7 @@ function pendingFromBitmap(sregs: Buffer): number | null {
   return null;
 }
 
-const FPU = { st: 0, fcw: 128, fsw: 130, ftw: 132, fop: 134, fip: 136, fdp: 144, xmm: 152, mxcsr: 408 } as const;
+export const FPU = { st: 0, fcw: 128, fsw: 130, ftw: 132, fop: 134, fip: 136, fdp: 144, xmm: 152, mxcsr: 408 } as const;
 function decodeFpu(b: Buffer): FpuState {
   return {
     fcw: b.readUInt16LE(FPU.fcw), fsw: b.readUInt16LE(FPU.fsw), ftw: b[FPU.ftw], fop: b.readUInt16LE(FPU.fop),
@@ -277,8 +277,8 @@ function encodeFpu(f: FpuState): Buffer {
 }
 
 /** struct kvm_irqchip: chip_id u32, pad u32, then the chip's state. */
-const IRQCHIP_DATA = 8;
-const PIC_FIELDS: (keyof PicState)[] = [
+export const IRQCHIP_DATA = 8;
+export const PIC_FIELDS: (keyof PicState)[] = [
   'lastIrr', 'irr', 'imr', 'isr', 'priorityAdd', 'irqBase', 'readRegSelect', 'poll', 'specialMask', 'initState',
   'autoEoi', 'rotateOnAutoEoi', 'specialFullyNestedMode', 'init4', 'elcr', 'elcrMask',
 ];
@@ -291,7 +291,7 @@ function encodePic(chip: number, p: PicState): Buffer {
   return b;
 }
 const IOAPIC_PINS = 24;
-const IOAPIC_OFF = { base: 0, ioregsel: 8, id: 12, irr: 16, redirtbl: 24 } as const;
+export const IOAPIC_OFF = { base: 0, ioregsel: 8, id: 12, irr: 16, redirtbl: 24 } as const;
 function decodeIoapic(b: Buffer): PlatformState['ioapic'] {
   const o = IRQCHIP_DATA;
   return {
@@ -310,8 +310,8 @@ function encodeIoapic(s: PlatformState['ioapic']): Buffer {
 }
 
 /** struct kvm_pit_channel_state (24 bytes) x 3, then flags u32. */
-const PIT_CHANNEL = 24, PIT_FLAGS = 72;
-const PIT_BYTES = ['countLatched', 'statusLatched', 'status', 'readState', 'writeState', 'writeLatch', 'rwMode', 'mode', 'bcd', 'gate'] as const;
+export const PIT_CHANNEL = 24, PIT_FLAGS = 72;
+export const PIT_BYTES = ['countLatched', 'statusLatched', 'status', 'readState', 'writeState', 'writeLatch', 'rwMode', 'mode', 'bcd', 'gate'] as const;
 function decodePit(b: Buffer): PitState {
   const channels = [0, 1, 2].map((c) => {
     const o = c * PIT_CHANNEL;
