@@ -63,7 +63,7 @@ export const F_GETFD = 1, F_SETFD = 2, F_GETFL = 3, F_SETFL = 4, FD_CLOEXEC = 1,
 export const F_SEAL_SEAL = 1, F_SEAL_SHRINK = 2, F_SEAL_GROW = 4, F_SEAL_WRITE = 8;
 export const EFD_CLOEXEC = 0o2000000, EFD_NONBLOCK = 0o4000;
 export const SIGUSR2 = 12, SIGTERM = 15, SIGKILL = 9;
-const SYS_gettid = 186, SYS_tgkill = 234, SYS_pidfd_open = 434, SYS_pidfd_getfd = 438,
+const SYS_tgkill = 234, SYS_pidfd_open = 434, SYS_pidfd_getfd = 438,
   SYS_memfd_create = 319, SYS_process_vm_readv = 310, SYS_process_vm_writev = 311, SYS_prlimit64 = 302;
 
 // ---- files ----
@@ -71,8 +71,6 @@ export const open = (path: string, flags: number, mode = 0): number =>
   sys(`open(${path})`, 'open', [T.String, T.I32, T.I32], [path, flags, mode]);
 export const close = (fd: number): void => { sys('close', 'close', [T.I32], [fd]); };
 export const dup = (fd: number): number => sys('dup', 'dup', [T.I32], [fd]);
-export const dup3 = (oldfd: number, newfd: number, flags: number): number =>
-  sys('dup3', 'dup3', [T.I32, T.I32, T.I32], [oldfd, newfd, flags]);
 /** write(2) of a whole Buffer in one call (a vhost IOTLB message must be one write). */
 export const write = (label: string, fd: number, buf: Buffer): number =>
   sys(label, 'write', [T.I32, T.U8Array, T.U64], [fd, buf, buf.length], T.I64);
@@ -113,9 +111,6 @@ export function mmap(len: number, prot: number, flags: number, fd: number, offse
 export const munmap = (addr: number, len: number): void => { sys('munmap', 'munmap', [T.U64, T.U64], [addr, len]); };
 export const mlock = (addr: number, len: number): void => { sys('mlock', 'mlock', [T.U64, T.U64], [addr, len]); };
 export const munlock = (addr: number, len: number): void => { sys('munlock', 'munlock', [T.U64, T.U64], [addr, len]); };
-export const madvise = (addr: number, len: number, advice: number): void => {
-  sys('madvise', 'madvise', [T.U64, T.U64, T.I32], [addr, len, advice]);
-};
 
 /** Address of a Buffer's bytes (memcpy returns its first argument). */
 export const addressOf = (buf: Buffer): number =>
@@ -129,7 +124,6 @@ export function bufferAt(addr: number, length: number): Buffer {
 
 // ---- processes, threads, signals ----
 export const getpid = (): number => process.pid;
-export const gettid = (): number => sys('gettid', 'syscall', [T.I64], [SYS_gettid]);
 export const tgkill = (tgid: number, tid: number, sig: number): void => {
   sys('tgkill', 'syscall', [T.I64, T.I64, T.I64, T.I64], [SYS_tgkill, tgid, tid, sig]);
 };
