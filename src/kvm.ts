@@ -1,13 +1,8 @@
 // KVM ioctls, one thin typed wrapper each (rust-vmm kvm-ioctls style). Struct layouts are
 // defined once here (include/uapi/linux/kvm.h and asm/kvm.h, x86-64).
-import { ioctl, ioctlBuf, open, close, O_RDWR, O_CLOEXEC, mmap, PROT_READ, PROT_WRITE, MAP_SHARED, bufferAt } from './libc.js';
+import { ioctl, ioctlBuf, iocFamily, open, close, O_RDWR, O_CLOEXEC, mmap, PROT_READ, PROT_WRITE, MAP_SHARED, bufferAt } from './libc.js';
 
-const KVMIO = 0xae;
-const ioc = (dir: number, nr: number, size: number): number => ((dir << 30) | (size << 16) | (KVMIO << 8) | nr) >>> 0;
-const io = (nr: number) => ioc(0, nr, 0);
-const iow = (nr: number, size: number) => ioc(1, nr, size);
-const ior = (nr: number, size: number) => ioc(2, nr, size);
-const iowr = (nr: number, size: number) => ioc(3, nr, size);
+const { io, ior, iow, iowr } = iocFamily(0xae); // KVMIO
 
 /** Struct sizes. */
 export const SIZE = {

@@ -91,6 +91,21 @@ export function setCloexec(fd: number, on: boolean): void {
 export const isCloexec = (fd: number): boolean => (fcntl(fd, F_GETFD) & FD_CLOEXEC) !== 0;
 
 // ---- ioctl ----
+/** _IOC request numbers (include/uapi/asm-generic/ioctl.h): direction, type, number, argument size. */
+export const IOC_NONE = 0, IOC_WRITE = 1, IOC_READ = 2;
+export const ioc = (dir: number, type: number, nr: number, size: number): number => ((dir << 30) | (size << 16) | (type << 8) | nr) >>> 0;
+/** _IO/_IOR/_IOW/_IOWR for one ioctl type (KVMIO, VHOST_VIRTIO). */
+export const iocFamily = (type: number) => ({
+  io: (nr: number) => ioc(IOC_NONE, type, nr, 0),
+  ior: (nr: number, size: number) => ioc(IOC_READ, type, nr, size),
+  iow: (nr: number, size: number) => ioc(IOC_WRITE, type, nr, size),
+  iowr: (nr: number, size: number) => ioc(IOC_READ | IOC_WRITE, type, nr, size),
+});
+/** The parts of a request number. */
+export const iocDir = (cmd: number): number => (cmd >>> 30) & 3;
+export const iocSize = (cmd: number): number => (cmd >>> 16) & 0x3fff;
+export const iocType = (cmd: number): number => (cmd >>> 8) & 0xff;
+export const iocNr = (cmd: number): number => cmd & 0xff;
 /** ioctl with an integer (or no) argument. `name` is the request's name for errors. */
 export const ioctl = (name: string, fd: number, request: number, arg = 0): number =>
   sys(name, 'ioctl', [T.I32, T.U64, T.U64], [fd, request, arg]);

@@ -1,23 +1,11 @@
 // vhost / vhost-vdpa UAPI: ioctl numbers, feature bits, IOTLB message layout and typed wrappers.
 // One definition for the VMM's frontend, the embedded device daemon and the conformance suite.
 // Layouts: include/uapi/linux/vhost.h and vhost_types.h (x86-64); see the spec §2.
-import { ioctl, ioctlBuf, write } from './libc.js';
+import { ioctl, ioctlBuf, iocFamily, write } from './libc.js';
 
-const VHOST_VIRTIO = 0xaf;
-const IOC_NONE = 0, IOC_WRITE = 1, IOC_READ = 2;
-const ioc = (dir: number, nr: number, size: number): number =>
-  ((dir << 30) | (size << 16) | (VHOST_VIRTIO << 8) | nr) >>> 0;
-const io = (nr: number) => ioc(IOC_NONE, nr, 0);
-const ior = (nr: number, size: number) => ioc(IOC_READ, nr, size);
-const iow = (nr: number, size: number) => ioc(IOC_WRITE, nr, size);
-const iowr = (nr: number, size: number) => ioc(IOC_READ | IOC_WRITE, nr, size);
-
-/** Decoded parts of an _IOC request number. */
-export const iocDir = (cmd: number): number => (cmd >>> 30) & 3;
-export const iocSize = (cmd: number): number => (cmd >>> 16) & 0x3fff;
-export const iocType = (cmd: number): number => (cmd >>> 8) & 0xff;
-export const iocNr = (cmd: number): number => cmd & 0xff;
-export { IOC_NONE, IOC_READ, IOC_WRITE, VHOST_VIRTIO };
+export const VHOST_VIRTIO = 0xaf;
+const { io, ior, iow, iowr } = iocFamily(VHOST_VIRTIO);
+export { iocDir, iocSize, iocType, iocNr, IOC_NONE, IOC_READ, IOC_WRITE } from './libc.js';
 
 export const VHOST = {
   GET_FEATURES: ior(0x00, 8),
