@@ -187,18 +187,22 @@ export class VhostVdpa implements VirtioBackend {
 
   /**
    * Old image, vCPUs paused: quiesce and record. SUSPEND, read the ring bases; reset only when the
-   * device cannot RESUME. No INVALIDATE: the mappings (and pins) must survive.
+   * device cannot RESUME. No INVALIDATE: the mappings (and pins) must survive. The ring bases
+   * matter only to a device brought up again from scratch (a reset, or a new image falling back
+   * to the slow path after NEW_OWNER failed); `slowPathPossible` false (cpr-transfer: the old
+   * process still holds the device, so the new one cannot reopen it) skips reading them when the
+   * device can RESUME, one round trip through the device per ring.
    */
-  prepareUpdate(): VdpaState {
+  prepareUpdate(slowPathPossible = true): VdpaState {
     const status = this.deviceStatus;
     const running = (status & S.DRIVER_OK) !== 0;
     let bases: number[] = [];
     let reset = false;
     if (running) {
       if (this.has(BACKEND_F.SUSPEND)) vhost.suspend(this.fd);
-      bases = this.transport.queues.map(() => 0);
-      for (const i of this.readyQueues()) bases[i] = vhost.getVringBase(this.fd, i);
       reset = !this.has(BACKEND_F.RESUME) || this.updatePath === 'fallback';
+      bases = this.transport.queues.map(() => 0);
+      if (reset || slowPathPossible) for (const i of this.readyQueues()) bases[i] = vhost.getVringBase(this.fd, i);
       if (reset && this.updatePath === 'new-owner') this.setDeviceStatus(0);
     }
     this.keepFds();

@@ -200,7 +200,7 @@ export class Vmm {
     for (const d of this.vdpa) d.forceFallback = this.params.vdpaPath === 'fallback';
     const devices: PreparedUpdate['devices'] = [];
     try {
-      for (const d of this.vdpa) devices.push([d, d.prepareUpdate()]);
+      for (const d of this.vdpa) devices.push([d, d.prepareUpdate(mode === 'cpr-exec')]);
       const state: VmmState = {
         machine: this.machine.save(), vdpa: devices.map(([, s]) => s), daemon: this.daemon,
         update: { n: this.updates + 1, mode, t: tm, history: this.history },
