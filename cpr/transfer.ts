@@ -89,7 +89,7 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
 
 /** SIGKILL `pid` and wait until it is gone (or a zombie): its fds are then closed. */
 function killAndWait(pid: number): void {
-  try { process.kill(pid, 'SIGKILL'); } catch { return; }
+  try { process.kill(pid, 'SIGKILL'); } catch { return; /* ESRCH: already gone */ }
   const deadline = Date.now() + 5000;
   for (;;) {
     if (!processAlive(pid) || Date.now() > deadline) return;
@@ -162,7 +162,7 @@ export async function incomingTransfer(migrators: Migrators, path: string, smp: 
       // means it rolled back: this process must not run the guest.
       const answer = Buffer.alloc(16);
       let n = 0;
-      try { n = read('cpr-transfer commit', conn, answer); } catch { n = 0; }
+      try { n = read('cpr-transfer commit', conn, answer); } catch { n = 0; /* reset: the old process is gone, as if it had closed */ }
       if (answer.subarray(0, n).toString() === 'abort') { process.stderr.write('minivmm: cpr-transfer aborted by the old process; exiting\n'); process.exit(1); }
       close(conn);
     },

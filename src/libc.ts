@@ -144,7 +144,7 @@ export const tgkill = (tgid: number, tid: number, sig: number): void => {
 };
 /** Reaps `pid` if it is an exited child of ours (WNOHANG); false if it is not (yet), or not ours. */
 export function reapChild(pid: number): boolean {
-  try { return sys('waitpid', 'waitpid', [T.I32, T.U64, T.I32], [pid, 0, 1 /* WNOHANG */]) === pid; } catch { return false; }
+  try { return sys('waitpid', 'waitpid', [T.I32, T.U64, T.I32], [pid, 0, 1 /* WNOHANG */]) === pid; } catch { return false; /* ECHILD: not (or no longer) our child */ }
 }
 export const pidfdOpen = (pid: number): number =>
   sys('pidfd_open', 'syscall', [T.I64, T.I64, T.I64], [SYS_pidfd_open, pid, 0]);
@@ -228,7 +228,7 @@ function processState(pid: number): string | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return stat[stat.lastIndexOf(')') + 2] ?? null;
-  } catch { return null; }
+  } catch { return null; /* no /proc entry: no such process */ }
 }
 
 /** The process exists and is not a zombie (a dead child stays one until its parent reaps it). */

@@ -169,7 +169,7 @@ export class KvmVcpu implements Vcpu {
     const mem = this.vm.memory;
     if (!mem) return `guest RIP 0x${rip.toString(16)}`;
     const paging = (sregs.readBigUInt64LE(SREGS.cr0) & 0x80000000n) !== 0n;
-    const read64 = (gpa: number): bigint => { try { return mem.view(gpa, 8).readBigUInt64LE(); } catch { return 0n; } };
+    const read64 = (gpa: number): bigint => { try { return mem.view(gpa, 8).readBigUInt64LE(); } catch { return 0n; /* a table outside RAM reads as not present */ } };
     const gpa = paging ? translate(read64, sregs.readBigUInt64LE(SREGS.cr3), rip) : Number(rip);
     let bytes = 'unreadable';
     if (gpa !== null) { try { bytes = [...mem.view(gpa, 15)].map((x) => x.toString(16).padStart(2, '0')).join(' '); } catch { /* not RAM */ } }
