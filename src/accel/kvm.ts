@@ -35,7 +35,8 @@ process.on('SIGUSR2', () => {});
 export class KvmAccelerator implements Accelerator {
   readonly kind = 'kvm' as const;
   readonly description: string;
-  private constructor(private kvm: Kvm) { this.description = 'KVM'; }
+  /** XSAVE state (KVM_CAP_XSAVE) or only the legacy FPU state. */
+  private constructor(private kvm: Kvm, private xsave: boolean) { this.description = 'KVM'; }
 
   /** Opens /dev/kvm; AccelUnavailable (one line) when it is missing, closed to us, or lacks a capability. */
   static open(): KvmAccelerator {
@@ -49,7 +50,7 @@ export class KvmAccelerator implements Accelerator {
     for (const [cap, what] of REQUIRED_CAPS) {
       if (kvm.checkExtension(CAP[cap]) <= 0) throw new AccelUnavailable(`this KVM lacks ${what} (KVM_CAP_${cap})`);
     }
-    return new KvmAccelerator(kvm);
+    return new KvmAccelerator(kvm, kvm.checkExtension(CAP.XSAVE) > 0);
   }
 
   createVm(smp: number): KvmVm {
@@ -59,7 +60,7 @@ export class KvmAccelerator implements Accelerator {
     vm.createPit2();
     const runSize = this.kvm.vcpuMmapSize();
     const fds = Array.from({ length: smp }, (_, i) => new VcpuFd(vm.createVcpu(i), i, runSize));
-    return new KvmVm(this.kvm, vm, fds);
+    return new KvmVm(this.kvm, vm, fds, this.xsave);
   }
 }
 
@@ -69,8 +70,8 @@ export class KvmVm implements Vm {
   memory: GuestMemory | undefined;
   private cpuid?: Buffer;
 
-  constructor(private kvm: Kvm, readonly fd: VmFd, vcpuFds: VcpuFd[]) {
-    this.vcpus = vcpuFds.map((v) => new KvmVcpu(v, this));
+  constructor(private kvm: Kvm, readonly fd: VmFd, vcpuFds: VcpuFd[], xsave: boolean) {
+    this.vcpus = vcpuFds.map((v) => new KvmVcpu(v, this, xsave));
     const msrs = MSR_CANDIDATES.filter((idx) => vcpuFds[0].getMsrs([idx]).size === 1);
     for (const v of this.vcpus) v.msrIndices = msrs;
   }
@@ -117,7 +118,7 @@ const MP_STATES: MpState[] = ['runnable', 'uninitialized', 'init-received', 'hal
 
 export class KvmVcpu implements Vcpu {
   msrIndices: number[] = [];
-  constructor(readonly fd: VcpuFd, private vm: KvmVm) {}
+  constructor(readonly fd: VcpuFd, private vm: KvmVm, private xsave: boolean) {}
   get id(): number { return this.fd.id; }
 
   async run(): Promise<VcpuExit> {
@@ -191,8 +192,7 @@ export class KvmVcpu implements Vcpu {
 
   getState(): CpuState {
     const regs = this.fd.getRegs(), sregs = this.fd.getSregs();
-    let xsave: Buffer | null = null;
-    try { xsave = this.fd.getXsave(); } catch (e) { if (!(e instanceof SyscallError)) throw e; } // no XSAVE: the FPU state below covers it
+    const xsave = this.xsave ? this.fd.getXsave() : null; // without it, the FPU state below is all there is
     const pending = pendingFromBitmap(sregs);
     return {
       regs: Object.fromEntries(GPR_NAMES.map((n, i) => [n, regs.readBigUInt64LE(i * 8)])) as CpuState['regs'],
