@@ -8,12 +8,19 @@ export const ACCEL_CHOICES: readonly AccelChoice[] = ['auto', 'kvm', 'emu'];
 export async function openAccelerator(choice: AccelChoice): Promise<{ accel: Accelerator; notice?: string }> {
   if (choice === 'kvm') return { accel: await openKvm() };
   if (choice === 'emu') return { accel: await openEmu() };
+  let kvmWhy: string;
   try {
     return { accel: await openKvm() };
   } catch (e) {
     if (!(e instanceof AccelUnavailable)) throw e;
+    kvmWhy = e.message;
+  }
+  try {
     const accel = await openEmu();
-    return { accel, notice: `accelerator: ${accel.description} (${e.message})` };
+    return { accel, notice: `accelerator: ${accel.description} (${kvmWhy})` };
+  } catch (e) {
+    if (!(e instanceof AccelUnavailable)) throw e;
+    throw new AccelUnavailable(`neither KVM (${kvmWhy}) nor the emulator (${e.message})`);
   }
 }
 
