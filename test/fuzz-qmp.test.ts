@@ -93,7 +93,7 @@ describeWith(['kvm'], 'fuzz: QMP input against a running VM', () => {
     const counts: Record<string, number> = {};
     let sent = 0, batches = 0;
     const t0 = Date.now();
-    while (sent < N && Date.now() - t0 < 35_000) {
+    while (sent < N) {
       const parts: Buffer[] = [];
       for (let i = 0; i < 200; i++) {
         const kind = r.pick(['command', 'command', 'command', 'unknown', 'malformed', 'malformed', 'nonobject', 'garbage', 'whitespace']);
@@ -124,8 +124,8 @@ describeWith(['kvm'], 'fuzz: QMP input against a running VM', () => {
     console.log(`QMP fuzz: ${sent} lines in ${Date.now() - t0} ms (${batches} batches), seed ${seed}, by kind ${JSON.stringify(counts)}`);
     await vmAlive('the line fuzz');
     expect(problems, `seed ${seed}`).toEqual([]);
-    expect(sent).toBeGreaterThanOrEqual(Math.min(N, 5000));
-  }, 90_000);
+    expect(sent).toBeGreaterThanOrEqual(N); // a sentinel that went unanswered stops the loop early
+  }, 120_000);
 
   it('huge lines: over 1 MiB is refused with an error and the connection closed; just under is answered', async () => {
     const c = await Raw.connect(vm.qmpPath);

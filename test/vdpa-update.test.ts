@@ -3,6 +3,7 @@ import { afterEach, expect, it } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { describeWith } from './facility.js';
 import { VmProcess, tempDir, within } from './harness.js';
+import { daemonLogged } from './vdpa-helpers.js';
 import { runUpdate } from '../vmm/update.js';
 import { parseStats } from '../vmm/demo.js';
 import { injectVdpaFault, readDaemonStatus, stopVdpaDaemon } from '../devices/vdpa/launch.js';
@@ -45,11 +46,7 @@ async function soak(args: string[], updates: number): Promise<void> {
   vm = await VmProcess.start(['--memory', '1G', '--log-level', 'warn', ...args]);
   await vm.waitFor(/^net sent=.*\n/m, 60_000);
   const daemon = await daemonOf(vm);
-  // Counted after a short settle: a monitor connection that just closed may still be open here.
-  const snapshot = async () => {
-    await new Promise((r) => setTimeout(r, 300));
-    return { fds: vm!.fdCount(), pinned: readDaemonStatus(daemon.dir).devices.map((d) => d.pinnedPages) };
-  };
+  const snapshot = async () => ({ fds: await vm!.fds(), pinned: readDaemonStatus(daemon.dir).devices.map((d) => d.pinnedPages) });
   let first: Awaited<ReturnType<typeof snapshot>> | undefined;
   for (let i = 1; i <= updates; i++) {
     const mark = vm.stdout.length;
@@ -165,7 +162,7 @@ describeWith(['kvm', 'fuse', 'root'], 'SIGTERM during a cpr-exec update', () => 
     const daemon = await daemonOf(vm);
     injectVdpaFault(daemon.dir, 'vhost-vdpa-0', 'suspend', 'delay:1500'); // a slow device quiesce
     const update = runUpdate(vm.qmpPath, null, 30_000).catch((e: Error) => ({ status: `monitor gone: ${e.message}` }));
-    await new Promise((r) => setTimeout(r, 500));
+    await daemonLogged(daemon.dir, /injected a 1500 ms delay into suspend/); // the old image is quiescing: before the exec
     vm.child.kill('SIGTERM');
     expect(await within(vm.exited, 20_000, 'the VM exits')).toBe(143);
     await update;
@@ -176,12 +173,13 @@ describeWith(['kvm', 'fuse', 'root'], 'SIGTERM during a cpr-exec update', () => 
   }, 120_000);
 
   it('while the new image restores: it finishes the restore, then ends the VM cleanly', async () => {
-    // The slow path with a 3 s re-pin keeps the new image busy restoring when the signal comes.
-    vm = await VmProcess.start(['--guest', 'netloop', '--memory', '1G', '--log-level', 'warn', '--vdpa', 'sim:net,pa,no-new-owner,pin-cost=3000']);
+    // On the slow path the new image re-maps the RAM; a 3 s hold on that UPDATE keeps it restoring when the signal comes.
+    vm = await VmProcess.start(['--guest', 'netloop', '--memory', '1G', '--log-level', 'warn', '--vdpa', 'sim:net,pa,no-new-owner']);
     await vm.waitFor(/^net sent=.*\n/m, 60_000);
     const daemon = await daemonOf(vm);
+    injectVdpaFault(daemon.dir, 'vhost-vdpa-0', 'update', 'delay:3000');
     const update = runUpdate(vm.qmpPath, null, 30_000).catch((e: Error) => ({ status: `monitor gone: ${e.message}` }));
-    await new Promise((r) => setTimeout(r, 1000));
+    await daemonLogged(daemon.dir, /injected a 3000 ms delay into update/); // the new image is in the middle of its restore
     vm.child.kill('SIGTERM');
     expect(await within(vm.exited, 20_000, 'the VM exits')).toBe(143);
     await update;
@@ -236,8 +234,7 @@ describeWith(['kvm', 'fuse', 'root'], 'the device daemon killed under a running 
     const before = await daemonOf(vm);
     injectVdpaFault(before.dir, 'vhost-vdpa-0', 'new-owner', 'delay:3000'); // the new image's NEW_OWNER waits in the daemon
     const update = runUpdate(vm.qmpPath, null, 30_000) as Promise<Update>;
-    // The exec and the restore up to NEW_OWNER take well under a second; the hold lasts 3 s.
-    await new Promise((r) => setTimeout(r, 1200));
+    await daemonLogged(before.dir, /injected a 3000 ms delay into new-owner/); // the new image's NEW_OWNER waits in the daemon
     const mark = vm.stdout.length;
     process.kill(before.pid, 'SIGKILL');
     const r = await update;

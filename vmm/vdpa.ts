@@ -107,12 +107,13 @@ export function attachVdpa(machine: Machine, paths: string[]): { devices: VhostV
   return { devices, boot: devices.map((d) => ({ type: d.deviceId, irq: d.gsi, base: d.base, size: VIRTIO_MMIO_SIZE })) };
 }
 
+/** Stops the daemon and removes what it left: its mount point, disk files and log. */
 export async function stopDaemon(d: DaemonRef | undefined): Promise<void> {
   if (!d) return;
-  const { stopVdpaDaemon } = await import('../devices/vdpa/launch.js');
+  const { stopVdpaDaemon, defaultDaemonLog } = await import('../devices/vdpa/launch.js');
   await stopVdpaDaemon(d.pid, d.dir);
   try { rmdirSync(d.dir); } catch { /* not empty or gone */ }
-  for (const f of d.files ?? []) { try { unlinkSync(f); } catch { /* gone */ } }
+  for (const f of [...d.files ?? [], defaultDaemonLog(d.dir)]) { try { unlinkSync(f); } catch { /* gone */ } }
 }
 
 const WATCH_MS = 100, MAX_FAILED_RESTARTS = 5;
