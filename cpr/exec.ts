@@ -65,8 +65,8 @@ export function defaultCommand(): string[] {
 }
 
 /**
- * Old image, vCPUs paused: quiesce each device (SUSPEND, ring bases; spec §4.2) and save
- * everything into a sealed memfd. Devices quiesced so far are in `prepared`, also if this throws.
+ * Old image, vCPUs paused: quiesce each device (SUSPEND, ring bases; §4.2 of
+ * docs/vhost-vdpa-live-update.md) and save everything into a sealed memfd. Devices quiesced so far are in `prepared`, also if this throws.
  */
 export function saveForUpdate(vmm: Vmm, mode: UpdateRecord['mode'], t: UpdateRecord['t'], kept: NamedFd[], prepared: [VhostVdpa, VdpaState][]): number {
   for (const d of vmm.vdpa) prepared.push([d, d.prepareUpdate()]);

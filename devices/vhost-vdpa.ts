@@ -1,6 +1,7 @@
 // vhost-vdpa frontend: a virtio-mmio device whose data path is a /dev/vhost-vdpa-N (or the embedded
 // FUSE-served equivalent). Order of operations after QEMU's hw/virtio/vhost-vdpa.c; the live-update
-// sequence after the spec §4.2 (fast path: NEW_OWNER + batched REMAP) and §4.4 (slow fallback).
+// sequence after docs/vhost-vdpa-live-update.md §4.2 (fast path: NEW_OWNER + batched REMAP) and §4.4
+// (slow fallback).
 import { writeSync } from 'node:fs';
 import { open, close, eventfd, O_RDWR, O_CLOEXEC, EFD_CLOEXEC, EFD_NONBLOCK, SyscallError } from '../src/libc.js';
 import { vhost, BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_STATUS as S } from '../src/vhost.js';
@@ -258,7 +259,7 @@ export class VhostVdpa implements VirtioBackend {
   /**
    * The kick/call eventfds to keep with it (fast path): the device goes on polling and signalling
    * the same files, so the new image only wires them into its VM and needs no SET_VRING_KICK/CALL
-   * (spec §4.2: "re-point kick/call if the eventfds changed"): fewer round trips in the blackout.
+   * (§4.2: "re-point kick/call if the eventfds changed"): fewer round trips in the blackout.
    */
   get keptEventfds(): Eventfds | null { return this.updatePath === 'new-owner' ? { kick: this.kick, call: this.call } : null; }
 
