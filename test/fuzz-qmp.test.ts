@@ -80,9 +80,17 @@ describeWith(['kvm'], 'fuzz: QMP input against a running VM', () => {
     }
   });
 
+  // Alive = answers a fresh connection (a crash from earlier input would have closed the monitor).
   const vmAlive = async (what: string) => {
-    await new Promise((r) => setTimeout(r, 100));
-    expect(vm.child.exitCode, `VM exited (${vm.child.exitCode}) during ${what}; stderr: ${vm.stderr.slice(-600)}`).toBeNull();
+    let answer = false;
+    try {
+      const c = await Raw.connect(vm.qmpPath);
+      await c.negotiate();
+      c.s.write('{"execute":"query-status","id":"alive"}\n');
+      answer = await c.until(() => c.lines.some((l) => l.includes('"alive"')), 10_000);
+      c.s.destroy();
+    } catch { /* no monitor: gone */ }
+    expect(answer && vm.child.exitCode === null, `VM gone (exit ${vm.child.exitCode}) after ${what}; stderr: ${vm.stderr.slice(-600)}`).toBe(true);
   };
 
   it('≥ 50,000 generated lines: each gets a QMP return or error', async () => {
