@@ -259,7 +259,7 @@ export class VhostVdpa implements VirtioBackend {
   /**
    * The kick/call eventfds to keep with it (fast path): the device goes on polling and signalling
    * the same files, so the new image only wires them into its VM and needs no SET_VRING_KICK/CALL
-   * (§4.2: "re-point kick/call if the eventfds changed"): fewer round trips in the blackout.
+   * (§4.2: the queues need re-pointing only if the eventfds changed): fewer round trips in the blackout.
    */
   get keptEventfds(): Eventfds | null { return this.updatePath === 'new-owner' ? { kick: this.kick, call: this.call } : null; }
 
