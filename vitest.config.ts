@@ -7,6 +7,9 @@ export default defineConfig({
     hookTimeout: 60_000,
     // Tests start VMs and device daemons; two cores: keep files sequential.
     fileParallelism: false,
+    // A private build copy and TMPDIR per run; each file must leave the TMPDIR empty.
+    globalSetup: ['test/run-setup.ts'],
+    setupFiles: ['test/leftovers.ts'],
     reporters: ['default'],
   },
 });

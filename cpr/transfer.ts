@@ -8,8 +8,8 @@
 // Two processes never run the guest.
 import { existsSync, lstatSync, unlinkSync, chmodSync, renameSync } from 'node:fs';
 import {
-  socket, bind, listen, connect, acceptAsync, peerPid, setRecvTimeout, sendWithFds, recvWithFds, read, write, close, dup,
-  SOCK_SEQPACKET, processAlive,
+  socket, bind, listen, connect, acceptAsync, peerCredentials, setRecvTimeout, sendWithFds, recvWithFds, read, write, close, dup,
+  SOCK_SEQPACKET, processAlive, type PeerCredentials,
 } from '../src/libc.js';
 import { cprAdoptFds, cprSaveFd } from '../src/cpr-fds.js';
 import { GuestMemory } from '../src/memory.js';
@@ -34,9 +34,15 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
   // Only devices that can change owner while both processes live can be transferred.
   const stuck = vmm.vdpa.find((d) => d.updatePath !== 'new-owner' || vmm.params.vdpaPath === 'fallback');
   if (stuck) return vmm.failUpdate(`vdpa device ${stuck.index} does not offer VHOST_NEW_OWNER: cpr-transfer needs it (use cpr-exec, which falls back)`);
-  let sock: number;
-  try { sock = socket(SOCK_SEQPACKET); connect(sock, path); } catch (e) { return vmm.failUpdate(`cannot reach the new process at ${path}: ${(e as Error).message}`); }
-  const peer = peerPid(sock);
+  let sock = -1, cred: PeerCredentials;
+  try { sock = socket(SOCK_SEQPACKET); connect(sock, path); cred = peerCredentials(sock); } catch (e) {
+    if (sock >= 0) close(sock);
+    return vmm.failUpdate(`cannot reach the new process at ${path}: ${(e as Error).message}`);
+  }
+  // Check the peer before it gets any fd.
+  const refused = transferPeerRefusal(cred, { pid: process.pid, uid: process.getuid!() });
+  if (refused) { close(sock); return vmm.failUpdate(`cpr-transfer to ${path} refused before sending anything: ${refused}`); }
+  const peer = cred.pid;
 
   // Before pausing: hand over the RAM memfds, so the new process maps them and registers them
   // with its VM (KVM memory slots cost ~0.6 ms/GiB) while the guest still runs here.
@@ -85,6 +91,20 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
   if (stateFd >= 0) close(stateFd);
   if (vmm.qmp && qmpCopy >= 0) { await vmm.qmp.listenAgain(qmpCopy); cprSaveFd('qmp', 0, vmm.qmp.fd); }
   await vmm.abortUpdate(u, reason, true);
+}
+
+/**
+ * Whether the process listening on the transfer socket may receive the guest's fds: whoever holds
+ * a vdpa fd can take the device with VHOST_NEW_OWNER, and the RAM memfds are the guest. It must be
+ * our own user (or root) and a process other than this one, which already runs the guest; its pid
+ * must be visible (it is killed by pid on a rollback). `peer` is SO_PEERCRED: the listener's
+ * credentials when it called listen(2). Returns why it is refused, or null.
+ */
+export function transferPeerRefusal(peer: PeerCredentials, self: { pid: number; uid: number }): string | null {
+  if (peer.uid !== self.uid && peer.uid !== 0) return `the process listening there (pid ${peer.pid}) runs as uid ${peer.uid}, not as uid ${self.uid} or root`;
+  if (peer.pid <= 0) return `the process listening there (uid ${peer.uid}) is outside this pid namespace`;
+  if (peer.pid === self.pid) return 'the socket is this process\'s own, and this process already runs the guest';
+  return null;
 }
 
 /** SIGKILL `pid` and wait until it is gone (or a zombie): its fds are then closed. */

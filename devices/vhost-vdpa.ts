@@ -1,6 +1,7 @@
 // vhost-vdpa frontend: a virtio-mmio device whose data path is a /dev/vhost-vdpa-N (or the embedded
 // FUSE-served equivalent). Order of operations after QEMU's hw/virtio/vhost-vdpa.c; the live-update
-// sequence after the spec §4.2 (fast path: NEW_OWNER + batched REMAP) and §4.4 (slow fallback).
+// sequence after docs/vhost-vdpa-live-update.md §4.2 (fast path: NEW_OWNER + batched REMAP) and §4.4
+// (slow fallback).
 import { writeSync } from 'node:fs';
 import { open, close, eventfd, O_RDWR, O_CLOEXEC, EFD_CLOEXEC, EFD_NONBLOCK, SyscallError } from '../src/libc.js';
 import { vhost, BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_STATUS as S } from '../src/vhost.js';
@@ -269,7 +270,8 @@ export class VhostVdpa implements VirtioBackend {
   /**
    * Registers what an update keeps. The fast path keeps the device fd and its kick/call eventfds:
    * the device goes on polling and signalling the same files, so the new image only wires them
-   * into its VM (no SET_VRING_KICK/CALL round trips in the blackout). The slow path keeps none:
+   * into its VM (no SET_VRING_KICK/CALL round trips in the blackout; docs/vhost-vdpa-live-update.md
+   * §4.2: the queues need re-pointing only if the eventfds changed). The slow path keeps none:
    * closing the fd releases the device for the new image to open.
    */
   private keepFds(keep = this.updatePath === 'new-owner'): void {

@@ -234,12 +234,18 @@ function processState(pid: number): string | null {
 /** The process exists and is not a zombie (a dead child stays one until its parent reaps it). */
 export const processAlive = (pid: number): boolean => { const s = processState(pid); return s !== null && s !== 'Z' && s !== 'X'; };
 
-/** The pid of the process at the other end of a connected UNIX socket. */
-export function peerPid(fd: number): number {
+/** The credentials (struct ucred) of a connected UNIX socket's peer. */
+export interface PeerCredentials { pid: number; uid: number; gid: number }
+/**
+ * SO_PEERCRED: for the side that connected, the credentials the listening process had when it
+ * called listen(2) (not whoever holds the socket now). pid is 0 when the peer's pid is not
+ * visible in our pid namespace.
+ */
+export function peerCredentials(fd: number): PeerCredentials {
   const cred = Buffer.alloc(12), len = Buffer.alloc(4);
   len.writeUInt32LE(12);
   sys('getsockopt(SO_PEERCRED)', 'getsockopt', [T.I32, T.I32, T.I32, T.U8Array, T.U8Array], [fd, SOL_SOCKET, SO_PEERCRED, cred, len]);
-  return cred.readInt32LE(0);
+  return { pid: cred.readInt32LE(0), uid: cred.readUInt32LE(4), gid: cred.readUInt32LE(8) };
 }
 export function setRecvTimeout(fd: number, ms: number): void {
   const tv = Buffer.alloc(16);

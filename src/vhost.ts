@@ -1,6 +1,6 @@
 // vhost / vhost-vdpa UAPI: ioctl numbers, feature bits, IOTLB message layout and typed wrappers.
 // One definition for the VMM's frontend, the embedded device daemon and the conformance suite.
-// Layouts: include/uapi/linux/vhost.h and vhost_types.h (x86-64); see the spec §2.
+// Layouts: include/uapi/linux/vhost.h and vhost_types.h (x86-64); see docs/vhost-vdpa-live-update.md §2.
 import { ioctl, ioctlBuf, iocFamily, write } from './libc.js';
 
 export const VHOST_VIRTIO = 0xaf;

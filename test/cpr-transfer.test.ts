@@ -2,9 +2,10 @@
 import { afterEach, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
 import { describeWith } from './facility.js';
-import { MovingVm, within } from './harness.js';
+import { MovingVm, waitUntil, within } from './harness.js';
 import { processAlive } from '../src/libc.js';
 import { runUpdate } from '../vmm/update.js';
+import { QmpConnection } from '../vmm/qmp.js';
 import { parseStats } from '../tools/stats.js';
 
 type Result = { status: string; downtime: number; rolled_back?: boolean; 'error-desc'?: string; cpr: { mode: string; path: string; devices: { path: string }[] } };
@@ -63,7 +64,9 @@ describeWith(['guest', 'fuse', 'root'], 'cpr-transfer', () => {
     expect(r.status).toBe('failed');
     expect(r.rolled_back).toBe(true);
     expect(r['error-desc']).toMatch(/rolled back/);
-    expect(child.signalCode ?? 'KILLED').toBeTruthy();
+    await new Promise((res) => (child.exitCode !== null || child.signalCode !== null ? res(null) : child.once('close', res)));
+    expect(child.signalCode).toBe('SIGKILL'); // it died where the injection kills it: with the devices taken, before `ready`
+    expect(vm.err).toMatch(/injected crash of the new process before it acknowledges/);
     expect(old.exitCode).toBeNull();
     await flowsClean(vm, mark);
     // The old process still owns its devices and can move later.
@@ -122,26 +125,27 @@ describeWith(['guest', 'fuse', 'root'], 'cpr-transfer', () => {
       const r = i % 2 ? (await runUpdate(vm.qmpPath, null, 30_000)) as Result : (await transfer(vm)).r;
       expect(r.status, `update ${i}: ${r['error-desc']} ${vm.err.slice(-300)}`).toBe('completed');
       await flowsClean(vm, mark);
-      if (i === 2) { await new Promise((res) => setTimeout(res, 300)); fds0 = vm.fdTargets(); }
+      if (i === 2) fds0 = await vm.fdTargets();
     }
-    await new Promise((res) => setTimeout(res, 300));
-    expect(vm.fdTargets()).toEqual(fds0); // same kinds of fds, same number: nothing leaks
+    expect(await vm.fdTargets()).toEqual(fds0); // same kinds of fds, same number: nothing leaks
   }, 400_000);
 
   it('SIGTERM to the old process during a transfer: the transfer completes and the new process ends the VM cleanly', async () => {
     vm = new MovingVm(['--guest', 'netloop', '--memory', '256M', '--log-level', 'warn', '--vdpa', 'sim:net']);
     await vm.waitFor(/^net sent=.*\n/m, 60_000);
-    const c = await (await import('../vmm/qmp.js')).QmpConnection.connect(vm.qmpPath);
-    const daemon = (await c.execute('x-query-vdpa') as { daemon: { pid: number; dir: string } }).daemon;
-    c.close();
+    const watch = await QmpConnection.connect(vm.qmpPath);
+    const daemon = (await watch.execute('x-query-vdpa') as { daemon: { pid: number; dir: string } }).daemon;
     const old = vm.current;
     const { sock, child } = await vm.prepareIncoming();
-    child.kill('SIGSTOP'); // the old process waits for its `ready`
+    child.kill('SIGSTOP'); // the old process then waits for its answer (x-transfer-timeout-ms: 5 s)
     const update = runUpdate(vm.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}` }).catch((e: Error) => ({ status: `monitor gone: ${e.message}` }));
-    await new Promise((r) => setTimeout(r, 500));
+    await watch.event('MIGRATION', 10_000); // setup: the update has begun
+    watch.close();
+    const mark = vm.err.length;
     old.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 300));
-    expect(old.exitCode).toBeNull(); // still waiting: the signal is held
+    await waitUntil(() => vm!.err.slice(mark).includes('SIGTERM during a live update: the VM shuts down once the update settles') || old.exitCode !== null,
+      10_000, 'the old process says it holds the signal');
+    expect(old.exitCode, vm.err.slice(mark)).toBeNull(); // still waiting: the signal is held
     child.kill('SIGCONT');
     await update;
     const code = (p: typeof old) => new Promise((r) => (p.exitCode !== null ? r(p.exitCode) : p.once('close', (x) => r(x))));

@@ -3,14 +3,14 @@
 // Then ~100 real `minivmm run` invocations with bad arguments: a non-zero exit, exactly one
 // `minivmm: ` line on stderr, no stack trace, within a timeout.
 import { describe, expect, it } from 'vitest';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseRunConfig, parseSize, UsageError } from '../vmm/config.js';
 import { describeWith } from './facility.js';
 import { ROOT, runMinivmm, tempDir } from './harness.js';
 import { fuzzCases, fuzzSeed, isOneLine, rng } from './fuzz/prng.js';
 import { baseArgs, mutateArgs, sizeString } from './fuzz/cli.js';
-import { oneLineProblem, runStable } from './fuzz/real.js';
+import { oneLineProblem } from './fuzz/real.js';
 
 const cwd = process.cwd();
 function outcome(f: () => unknown): { ok: true; value: unknown } | { ok: false; problem: string | null; usage: boolean } {
@@ -104,7 +104,7 @@ describeWith(['guest'], 'fuzz: CLI arguments, real invocations', () => {
     const failures: string[] = [];
     const t0 = Date.now();
     const run1 = async (args: string[], i: number) => {
-      const res = await runStable(() => runMinivmm(['run', ...args], { timeoutMs: 20_000 }));
+      const res = await runMinivmm(['run', ...args], { timeoutMs: 20_000 });
       const isLate = i < late.length;
       let why: string | null;
       if (res.signal) why = `killed by ${res.signal} (hang?)`;
@@ -115,10 +115,9 @@ describeWith(['guest'], 'fuzz: CLI arguments, real invocations', () => {
       if (why) failures.push(`minivmm run ${JSON.stringify(args).slice(0, 300)} [seed ${seed}, case ${i}]: ${why}`);
     };
     let ran = 0;
-    for (let i = 0; i < cases.length && Date.now() - t0 < 45_000; i += 3) { const batch = cases.slice(i, i + 3); await Promise.all(batch.map((a, j) => run1(a, i + j))); ran += batch.length; }
-    rmSync(dir, { recursive: true, force: true });
-    expect(ran).toBeGreaterThanOrEqual(Math.min(cases.length, 30));
-    console.log(`CLI fuzz (real): ${ran} of ${cases.length} invocations in ${Date.now() - t0} ms, seed ${seed}`);
+    for (let i = 0; i < cases.length; i += 3) { const batch = cases.slice(i, i + 3); await Promise.all(batch.map((a, j) => run1(a, i + j))); ran += batch.length; }
+    console.log(`CLI fuzz (real): ${ran} invocations in ${Date.now() - t0} ms, seed ${seed}`);
+    expect(cases.length).toBe(100);
     expect(failures, `seed ${seed}`).toEqual([]);
   }, 120_000);
 });

@@ -6,26 +6,23 @@
 // walks to DRIVER_OK and loops frames as usual. (test/vdpa-daemon-fuzz.test.ts checks the exact
 // errno of specific malformed requests; this one covers the argument space.)
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { errnoOf, loopback } from './vdpa-helpers.js';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { errnoOf, loopback, startDaemon } from './vdpa-helpers.js';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeWith } from './facility.js';
+import { BUILD, tempDir } from './harness.js';
 import { open, close, ioctlBuf, write, memfdCreate, eventfd, EFD_CLOEXEC, EFD_NONBLOCK, O_RDWR, SyscallError } from '../src/libc.js';
 import { IOTLB, VHOST, vhost } from '../src/vhost.js';
-import { startVdpaDaemon, type VdpaDaemon } from '../devices/vdpa/launch.js';
+import type { VdpaDaemon } from '../devices/vdpa/launch.js';
 import { GuestMemory, bringUp, kick, ringArea, waitFor, closeQueues } from '../devices/vdpa/driver.js';
 import { fuzzCases, fuzzSeed, rng, type Rng } from './fuzz/prng.js';
 import { ALLOWED_ERRNOS, batchSequence, iotlbMessage, knownIoctl, randomIoctl } from './fuzz/vhost.js';
 
-const root = new URL('..', import.meta.url).pathname;
-
-
 /** A second process that takes ownership of the fd we pass it, and holds it until told to go. */
 function foreignOwner(fd: number): Promise<ChildProcess> {
   const script = `
-    import { vhost } from ${JSON.stringify(join(root, 'dist/src/vhost.js'))};
+    import { vhost } from ${JSON.stringify(join(BUILD, 'dist/src/vhost.js'))};
     vhost.setOwner(3);
     process.stdout.write('owned\\n');
     process.stdin.on('data', () => {}); process.stdin.on('end', () => process.exit(0));`;
@@ -40,10 +37,9 @@ describeWith(['fuse', 'root'], 'fuzz: vhost-vdpa device requests', () => {
   let d: VdpaDaemon;
   let logFile: string;
   beforeAll(async () => {
-    if (!existsSync(join(root, 'dist/devices/vdpa/daemon-main.js'))) execFileSync('npx', ['tsc', '-p', '.'], { cwd: root });
-    const dir = mkdtempSync(join(tmpdir(), 'vdpa-fuzz2-'));
+    const dir = tempDir('vdpa-fuzz2-');
     logFile = join(dir, 'daemon.log');
-    d = await startVdpaDaemon({
+    d = await startDaemon({
       dir: join(dir, 'mnt'), logFile, memlockLimit: 256n << 20n,
       devices: [{ name: 'va', type: 'net', dma: 'va' }, { name: 'pa', type: 'net', dma: 'pa' }],
     });
@@ -68,7 +64,9 @@ describeWith(['fuse', 'root'], 'fuzz: vhost-vdpa device requests', () => {
       let owner: ChildProcess | null = null;
       const logBefore = existsSync(logFile) ? readFileSync(logFile, 'utf8').length : 0;
       const t0 = Date.now();
+      let cases = 0;
       const one = (phase: string, rr: Rng) => {
+        cases++;
         const k = rr.int(10);
         const run = (what: string, f: () => unknown) => {
           const got = errnoOf(f);
@@ -87,15 +85,14 @@ describeWith(['fuse', 'root'], 'fuzz: vhost-vdpa device requests', () => {
       };
       try {
         // 1. nobody owns the device
-        for (let i = 0; i < per && Date.now() - t0 < 12_000; i++) one('no owner', r);
+        for (let i = 0; i < per; i++) one('no owner', r);
         responsive('no owner');
         // 2. another process owns it: we are a non-owner holding the same file
         vhost.setStatus(fd, 0);
         owner = await foreignOwner(fd);
         exclude = new Set<number>([VHOST.NEW_OWNER]);
         expect(errnoOf(() => vhost.setOwner(fd))).toBe('EBUSY');
-        const t1 = Date.now();
-        for (let i = 0; i < per && Date.now() - t1 < 12_000; i++) one('non-owner', r);
+        for (let i = 0; i < per; i++) one('non-owner', r);
         responsive('non-owner');
         // 3. we take it over (NEW_OWNER) and own it
         expect(errnoOf(() => vhost.newOwner(fd))).toBe('OK');
@@ -105,12 +102,13 @@ describeWith(['fuse', 'root'], 'fuzz: vhost-vdpa device requests', () => {
         exclude = new Set<number>();
         vhost.setBackendFeatures(fd, r.pick([0x6n, 0xen, 0x6n | (1n << 10n), 0x3en]));
         mem.update(fd);
-        const t2 = Date.now();
-        for (let i = 0; i < 2 * per && Date.now() - t2 < 20_000; i++) one('owner', r);
+        for (let i = 0; i < 2 * per; i++) one('owner', r);
         responsive('owner');
         const total = Object.values(counts).reduce((a, b) => a + b, 0);
-        console.log(`vdpa fuzz (${dma}): ${total} requests in ${Date.now() - t0} ms, seed ${seed}, results ${JSON.stringify(counts)}`);
+        console.log(`vdpa fuzz (${dma}): ${cases} cases, ${total} requests in ${Date.now() - t0} ms, seed ${seed}, results ${JSON.stringify(counts)}`);
         expect(bad, `seed ${seed}`).toEqual([]);
+        expect(cases).toBe(4 * per);
+        expect(total).toBeGreaterThanOrEqual(cases);
 
         // Afterwards: a reset, an empty IOTLB, the usual bring-up, DRIVER_OK and frames looped back.
         vhost.setStatus(fd, 0);

@@ -1,14 +1,26 @@
 // Test harness: run the real `minivmm` binary as a child process and watch its output.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { QmpConnection } from '../vmm/qmp.js';
 
 export const ROOT = resolve(import.meta.dirname, '..');
-export const BIN = join(ROOT, 'bin/minivmm.js');
+/** The build the tests run: the run's private copy (test/run-setup.ts), so a rebuild of dist/ meanwhile changes nothing. */
+export const BUILD = process.env.MINIVMM_TEST_BUILD ?? ROOT;
+export const BIN = join(BUILD, 'bin/minivmm.js');
 
-export function tempDir(prefix = 'minivmm-test-'): string { return mkdtempSync(join(tmpdir(), prefix)); }
+const tempDirs: string[] = [];
+/** A scratch directory, removed after the test file (test/leftovers.ts). */
+export function tempDir(prefix = 'minivmm-test-'): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  tempDirs.push(d);
+  return d;
+}
+/** Removes the scratch directories; one that cannot be removed (a mount inside) is left for the leftovers check. */
+export function removeTempDirs(): void {
+  for (const d of tempDirs.splice(0)) { try { rmSync(d, { recursive: true, force: true }); } catch { /* reported as left behind */ } }
+}
 
 export interface Run { code: number | null; signal: string | null; stdout: string; stderr: string }
 
@@ -61,7 +73,8 @@ export class VmProcess {
 
   qmp(): Promise<QmpConnection> { return QmpConnection.connect(this.qmpPath); }
 
-  fdCount(): number { return readdirSync(`/proc/${this.pid}/fd`).length; }
+  /** What each fd is, once no monitor connection is held (settledFds). */
+  fds(): Promise<string[]> { return settledFds(this.pid, this.qmpPath); }
 
   /** Ends the VM: `quit` first, so it stops the device daemon it started; SIGKILL if that fails. */
   async kill(): Promise<void> {
@@ -157,16 +170,43 @@ export class MovingVm {
     return { sock, child };
   }
 
-  fdCount(): number { return readdirSync(`/proc/${this.current.pid}/fd`).length; }
-  /** What each fd of the current process is (for a useful message when counts differ). */
-  fdTargets(): string[] {
-    const dir = `/proc/${this.current.pid}/fd`;
-    return readdirSync(dir).map((f) => { try { return readlinkSync(`${dir}/${f}`).replace(/\d+/g, 'N'); } catch { return 'gone'; } }).sort();
-  }
+  /** What each fd of the current process is, once it holds no monitor connection (settledFds). */
+  fdTargets(): Promise<string[]> { return settledFds(this.current.pid!, this.qmpPath); }
 
   async killAll(): Promise<void> {
     await quitOrKill(this.qmpPath, this.processes);
     await Promise.all(this.processes.map((c) => (c.exitCode !== null || c.signalCode !== null ? null : new Promise((r) => c.once('close', r)))));
+  }
+}
+
+/** Monitor connections `pid` holds: its accepted sockets on the QMP path (/proc/net/unix shows the listener's path for them). */
+export function monitorConnections(pid: number, qmpPath: string): number {
+  const inodes = new Set(readFileSync('/proc/net/unix', 'utf8').split('\n').map((l) => l.trim().split(/\s+/))
+    .filter((f) => f[7] === qmpPath && f[5] === '03').map((f) => f[6]));
+  const dir = `/proc/${pid}/fd`;
+  return readdirSync(dir).filter((f) => { try { return inodes.has(/^socket:\[(\d+)\]$/.exec(readlinkSync(`${dir}/${f}`))?.[1] ?? ''); } catch { return false; } }).length;
+}
+
+/**
+ * The fds of `pid` once it holds no monitor connection (a client that just closed is let go
+ * asynchronously): the figure to compare for leaks. Fails if a connection is still held after 5 s.
+ */
+export async function settledFds(pid: number, qmpPath: string): Promise<string[]> {
+  const deadline = Date.now() + 5000;
+  while (monitorConnections(pid, qmpPath) > 0) {
+    if (Date.now() > deadline) throw new Error(`process ${pid} still holds ${monitorConnections(pid, qmpPath)} monitor connection(s) after 5 s`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const dir = `/proc/${pid}/fd`;
+  return readdirSync(dir).map((f) => { try { return readlinkSync(`${dir}/${f}`).replace(/\d+/g, 'N'); } catch { return 'gone'; } }).sort();
+}
+
+/** Polls `cond` until it holds; fails naming `what` after `ms`. */
+export async function waitUntil(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 5));
   }
 }
 

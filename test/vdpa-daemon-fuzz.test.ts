@@ -1,18 +1,16 @@
 // ≥ 10,000 malformed requests against the vdpa daemon, each answered with the kernel's errno; a
 // client killed mid-operation; afterwards the devices still loop frames back.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { errnoOf, loopback } from './vdpa-helpers.js';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { errnoOf, loopback, startDaemon } from './vdpa-helpers.js';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { describeWith } from './facility.js';
+import { BUILD } from './harness.js';
 import { open, close, ioctl, ioctlBuf, write, memfdCreate, O_RDWR, SyscallError } from '../src/libc.js';
 import { IOTLB, VHOST, encodeIotlbMsg, vhost } from '../src/vhost.js';
-import { startVdpaDaemon, type VdpaDaemon } from '../devices/vdpa/launch.js';
+import type { VdpaDaemon } from '../devices/vdpa/launch.js';
 import { GuestMemory, bringUp, kick, ringArea, waitFor, closeQueues } from '../devices/vdpa/driver.js';
 
-const root = new URL('..', import.meta.url).pathname;
 const code = (f: () => unknown): string => {
   try { f(); return 'OK'; } catch (e) { if (e instanceof SyscallError) return e.code === 'ENOTSUP' ? 'EOPNOTSUPP' : e.code; throw e; }
 };
@@ -27,13 +25,10 @@ const ioc = (dir: number, nr: number, size: number) => ((dir << 30) | (size << 1
 const known = new Set<number>(Object.values(VHOST).map((c) => c & 0xff));
 const unknownNrs = Array.from({ length: 256 }, (_, i) => i).filter((nr) => !known.has(nr) && ![0x13, 0x14, 0x23, 0x24, 0x27].includes(nr));
 
-
 describeWith(['fuse', 'root'], 'vdpa daemon under malformed input', () => {
   let d: VdpaDaemon;
   beforeAll(async () => {
-    if (!existsSync(join(root, 'dist/devices/vdpa/daemon-main.js'))) execFileSync('npx', ['tsc', '-p', '.'], { cwd: root });
-    d = await startVdpaDaemon({
-      dir: join(mkdtempSync(join(tmpdir(), 'vdpa-fuzz-')), 'mnt'),
+    d = await startDaemon({
       devices: [{ name: 'va', type: 'net', dma: 'va' }, { name: 'pa', type: 'net', dma: 'pa' }, { name: 'victim', type: 'net', dma: 'va' }],
     });
   });
@@ -108,9 +103,9 @@ describeWith(['fuse', 'root'], 'vdpa daemon under malformed input', () => {
   it('a client killed mid-operation leaves the device usable', async () => {
     const path = join(d.dir, 'victim');
     const script = `
-      import { open, O_RDWR } from ${JSON.stringify(join(root, 'dist/src/libc.js'))};
-      import { vhost } from ${JSON.stringify(join(root, 'dist/src/vhost.js'))};
-      import { GuestMemory, bringUp } from ${JSON.stringify(join(root, 'dist/devices/vdpa/driver.js'))};
+      import { open, O_RDWR } from ${JSON.stringify(join(BUILD, 'dist/src/libc.js'))};
+      import { vhost } from ${JSON.stringify(join(BUILD, 'dist/src/vhost.js'))};
+      import { GuestMemory, bringUp } from ${JSON.stringify(join(BUILD, 'dist/devices/vdpa/driver.js'))};
       const fd = open(${JSON.stringify(path)}, O_RDWR);
       const mem = new GuestMemory(1 << 20);
       bringUp(fd, mem, 3);

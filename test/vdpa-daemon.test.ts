@@ -1,31 +1,27 @@
 // The embedded vhost-vdpa daemon: lifecycle through the UAPI, data path loopback (net, blk; va,
 // pa), ownership across processes, stop and restart over a stale mount.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { errnoOf } from './vdpa-helpers.js';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { errnoOf, startDaemon } from './vdpa-helpers.js';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeWith } from './facility.js';
+import { BUILD, tempDir } from './harness.js';
 import { open, close, ioctl, ioctlBuf, O_RDWR, SyscallError } from '../src/libc.js';
 import { BACKEND_F, IOTLB, VHOST, vhost } from '../src/vhost.js';
-import { startVdpaDaemon, daemonScript, type VdpaDaemon } from '../devices/vdpa/launch.js';
+import type { VdpaDaemon } from '../devices/vdpa/launch.js';
 import { GuestMemory, bringUp, kick, ringArea, waitFor, closeQueues, type Queue } from '../devices/vdpa/driver.js';
 
 const code = (f: () => unknown): string => {
   try { f(); return 'OK'; } catch (e) { if (e instanceof SyscallError) return e.code === 'ENOTSUP' ? 'EOPNOTSUPP' : e.code; throw e; }
 };
-const root = new URL('..', import.meta.url).pathname;
 
 describeWith(['fuse', 'root'], 'vdpa daemon', () => {
   let d: VdpaDaemon;
   const dev = (name: string) => join(d.dir, name);
 
   beforeAll(async () => {
-    if (!existsSync(join(root, 'dist/devices/vdpa/daemon-main.js'))) execFileSync('npx', ['tsc', '-p', '.'], { cwd: root });
-    const base = mkdtempSync(join(tmpdir(), 'vdpa-test-'));
-    d = await startVdpaDaemon({
-      dir: join(base, 'mnt'),
+    d = await startDaemon({
       devices: [
         { name: 'net-va', type: 'net', dma: 'va' }, { name: 'net-pa', type: 'net', dma: 'pa' },
         { name: 'blk-va', type: 'blk', dma: 'va' }, { name: 'blk-pa', type: 'blk', dma: 'pa' },
@@ -142,7 +138,7 @@ describeWith(['fuse', 'root'], 'vdpa daemon', () => {
       expect(pinned).toBe(256);
       expect(d.status().vmPin.find((v) => v.pid === process.pid)?.pages).toBe(256);
       const script = `
-        import { vhost } from ${JSON.stringify(join(root, 'dist/src/vhost.js'))};
+        import { vhost } from ${JSON.stringify(join(BUILD, 'dist/src/vhost.js'))};
         const r = {};
         const t = (k, f) => { try { f(); r[k] = 'OK'; } catch (e) { r[k] = e.code ?? e.message; } };
         t('getStatus', () => vhost.getStatus(3));
@@ -307,19 +303,19 @@ const writeRaw = (fd: number, b: Buffer) => libcWrite('write', fd, b);
 
 describeWith(['fuse', 'root'], 'vdpa daemon process', () => {
   it('stop unmounts and leaves no process; a restart over a stale mount works', async () => {
-    const base = mkdtempSync(join(tmpdir(), 'vdpa-stale-'));
-    const dir = join(base, 'mnt');
+    const dir = join(tempDir('vdpa-stale-'), 'mnt');
     const devices = [{ name: 'n', type: 'net' as const, dma: 'va' as const }];
-    const a = await startVdpaDaemon({ dir, devices });
+    const a = await startDaemon({ dir, devices });
     process.kill(a.pid, 'SIGKILL');
     expect(waitFor(() => { try { statSync(dir); return false; } catch (e) { return (e as NodeJS.ErrnoException).code === 'ENOTCONN'; } })).toBe(true);
-    const b = await startVdpaDaemon({ dir, devices });
+    const b = await startDaemon({ dir, devices });
     const fd = open(join(dir, 'n'), O_RDWR);
     expect(vhost.getDeviceId(fd)).toBe(1);
     close(fd);
     await b.stop();
     expect(existsSync(`/proc/${b.pid}`) && !readFileSync(`/proc/${b.pid}/stat`, 'utf8').includes(') Z')).toBe(false);
     expect(readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${dir} `)).toBe(false);
-    expect(daemonScript()).toMatch(/daemon-main\.js$/);
+    const { daemonScript } = await import(join(BUILD, 'dist/devices/vdpa/launch.js')) as typeof import('../devices/vdpa/launch.js');
+    expect(daemonScript()).toBe(join(BUILD, 'dist/devices/vdpa/daemon-main.js'));
   });
 });

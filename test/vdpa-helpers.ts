@@ -1,6 +1,38 @@
-// Shared by the embedded-device tests: errno of a call, and a frame loop-back check.
+// Shared by the embedded-device tests: a daemon started from the build copy, errno of a call, and
+// a frame loop-back check.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { SyscallError } from '../src/libc.js';
 import { bringUp, kick, ringArea, waitFor, type GuestMemory } from '../devices/vdpa/driver.js';
+import { defaultDaemonLog, type StartVdpaOptions, type VdpaDaemon } from '../devices/vdpa/launch.js';
+import { BUILD, tempDir } from './harness.js';
+
+/**
+ * startVdpaDaemon of the run's build copy (so the daemon runs from it, not from a dist/ that may be
+ * rebuilt), mounted at `dir` (default: mnt/ in a scratch directory) with its log beside the mount.
+ */
+export async function startDaemon(o: Omit<StartVdpaOptions, 'dir'> & { dir?: string }): Promise<VdpaDaemon> {
+  const { startVdpaDaemon } = await import(join(BUILD, 'dist/devices/vdpa/launch.js')) as typeof import('../devices/vdpa/launch.js');
+  const base = tempDir('minivmm-vdpa-test-');
+  return startVdpaDaemon({ dir: join(base, 'mnt'), logFile: join(base, 'daemon.log'), ...o });
+}
+
+/**
+ * Resolves once the daemon serving `dir` (started by a VM: it logs to defaultDaemonLog) has logged
+ * a line matching `re`, e.g. that it now holds an injected delay: the event a test waits for
+ * instead of sleeping while the device is busy.
+ */
+export async function daemonLogged(dir: string, re: RegExp, timeoutMs = 20_000): Promise<void> {
+  const file = defaultDaemonLog(dir);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let text = '';
+    try { text = readFileSync(file, 'utf8'); } catch { /* not yet */ }
+    if (re.test(text)) return;
+    if (Date.now() > deadline) throw new Error(`the vdpa daemon did not log ${re} within ${timeoutMs} ms; its log: ${text.slice(-400)}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
 
 /** 'OK' or the errno name a call failed with. */
 export const errnoOf = (f: () => unknown): string => {

@@ -3,25 +3,28 @@ import { afterEach, expect, it } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { describeWith } from './facility.js';
 import { VmProcess, tempDir, within } from './harness.js';
+import { daemonLogged } from './vdpa-helpers.js';
 import { runUpdate } from '../vmm/update.js';
 import { parseStats } from '../tools/stats.js';
-import { injectVdpaFault, readDaemonStatus, stopVdpaDaemon } from '../devices/vdpa/launch.js';
+import { injectVdpaFault, readDaemonStatus } from '../devices/vdpa/launch.js';
+import { stopDaemon, type DaemonRef } from '../vmm/vdpa.js';
 import { processAlive } from '../src/libc.js';
 
 type Update = { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; devices: { index: number; path: string; note?: string }[] } };
 
 let vm: VmProcess | undefined;
-let daemonToStop: { pid: number; dir: string } | undefined;
+let daemonToStop: DaemonRef | undefined;
 afterEach(async () => {
   await vm?.kill();
   vm = undefined;
-  if (daemonToStop) { await stopVdpaDaemon(daemonToStop.pid, daemonToStop.dir); daemonToStop = undefined; }
+  // A VM that died leaves its daemon running: stop it, and remove its mount point, disk files and log, as the VM would have.
+  if (daemonToStop) { await stopDaemon(daemonToStop); daemonToStop = undefined; }
 });
 
 /** The daemon the VM started: its mount is the directory of the device path in the VM's log. */
-async function daemonOf(v: VmProcess): Promise<{ pid: number; dir: string }> {
+async function daemonOf(v: VmProcess): Promise<DaemonRef> {
   const c = await v.qmp();
-  const info = await c.execute('x-query-vdpa') as { daemon: { pid: number; dir: string } };
+  const info = await c.execute('x-query-vdpa') as { daemon: DaemonRef };
   c.close();
   return info.daemon;
 }
@@ -45,11 +48,7 @@ async function soak(args: string[], updates: number): Promise<void> {
   vm = await VmProcess.start(['--memory', '1G', '--log-level', 'warn', ...args]);
   await vm.waitFor(/^net sent=.*\n/m, 60_000);
   const daemon = await daemonOf(vm);
-  // Counted after a short settle: a monitor connection that just closed may still be open here.
-  const snapshot = async () => {
-    await new Promise((r) => setTimeout(r, 300));
-    return { fds: vm!.fdCount(), pinned: readDaemonStatus(daemon.dir).devices.map((d) => d.pinnedPages) };
-  };
+  const snapshot = async () => ({ fds: await vm!.fds(), pinned: readDaemonStatus(daemon.dir).devices.map((d) => d.pinnedPages) });
   let first: Awaited<ReturnType<typeof snapshot>> | undefined;
   for (let i = 1; i <= updates; i++) {
     const mark = vm.stdout.length;
@@ -117,7 +116,7 @@ describeWith(['guest', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
     await again.waitFor(/^net sent=\d+ received=[1-9]/m, 60_000);
   }, 120_000);
 
-  // NEW_OWNER or REMAP failing after exec (spec §4.3): the device is released (fd closed) and the
+  // NEW_OWNER or REMAP failing after exec (docs/vhost-vdpa-live-update.md §4.3): the device is released (fd closed) and the
   // slow path re-acquires it; the update completes, says why, and no frame is lost.
   const faults: [string, 'new-owner' | 'remap', string, RegExp][] = [
     ['sim:net,va', 'new-owner', 'EOPNOTSUPP', /VHOST_NEW_OWNER.*EOPNOTSUPP/],
@@ -152,6 +151,17 @@ describeWith(['guest', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
   }, 120_000);
 });
 
+/**
+ * `pid` is a zombie child of `parent`. (Whether /proc/PID exists says nothing: the number may
+ * already belong to a new thread of any process.)
+ */
+function zombieChild(pid: number, parent: number): boolean {
+  let stat: string;
+  try { stat = readFileSync(`/proc/${pid}/stat`, 'utf8'); } catch { return false; }
+  const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return state === 'Z' && Number(ppid) === parent;
+}
+
 /** The daemon process is gone and its mount with it (the VM stopped it on the way out). */
 function daemonStopped(d: { pid: number; dir: string }): boolean {
   const mounted = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === d.dir);
@@ -165,7 +175,7 @@ describeWith(['guest', 'fuse', 'root'], 'SIGTERM during a cpr-exec update', () =
     const daemon = await daemonOf(vm);
     injectVdpaFault(daemon.dir, 'vhost-vdpa-0', 'suspend', 'delay:1500'); // a slow device quiesce
     const update = runUpdate(vm.qmpPath, null, 30_000).catch((e: Error) => ({ status: `monitor gone: ${e.message}` }));
-    await new Promise((r) => setTimeout(r, 500));
+    await daemonLogged(daemon.dir, /injected a 1500 ms delay into suspend/); // the old image is quiescing: before the exec
     vm.child.kill('SIGTERM');
     expect(await within(vm.exited, 20_000, 'the VM exits')).toBe(143);
     await update;
@@ -176,12 +186,13 @@ describeWith(['guest', 'fuse', 'root'], 'SIGTERM during a cpr-exec update', () =
   }, 120_000);
 
   it('while the new image restores: it finishes the restore, then ends the VM cleanly', async () => {
-    // The slow path with a 3 s re-pin keeps the new image busy restoring when the signal comes.
-    vm = await VmProcess.start(['--guest', 'netloop', '--memory', '1G', '--log-level', 'warn', '--vdpa', 'sim:net,pa,no-new-owner,pin-cost=3000']);
+    // On the slow path the new image re-maps the RAM; a 3 s hold on that UPDATE keeps it restoring when the signal comes.
+    vm = await VmProcess.start(['--guest', 'netloop', '--memory', '1G', '--log-level', 'warn', '--vdpa', 'sim:net,pa,no-new-owner']);
     await vm.waitFor(/^net sent=.*\n/m, 60_000);
     const daemon = await daemonOf(vm);
+    injectVdpaFault(daemon.dir, 'vhost-vdpa-0', 'update', 'delay:3000');
     const update = runUpdate(vm.qmpPath, null, 30_000).catch((e: Error) => ({ status: `monitor gone: ${e.message}` }));
-    await new Promise((r) => setTimeout(r, 1000));
+    await daemonLogged(daemon.dir, /injected a 3000 ms delay into update/); // the new image is in the middle of its restore
     vm.child.kill('SIGTERM');
     expect(await within(vm.exited, 20_000, 'the VM exits')).toBe(143);
     await update;
@@ -208,7 +219,7 @@ describeWith(['guest', 'fuse', 'root'], 'the device daemon killed under a runnin
     const after = (await c.execute('x-query-vdpa') as { daemon: { pid: number; restarts: number } }).daemon;
     c.close();
     expect(after).toMatchObject({ pid: ev.data.pid, restarts: 1 });
-    expect(existsSync(`/proc/${before.pid}`)).toBe(false); // reaped, not left a zombie
+    expect(zombieChild(before.pid, vm.child.pid!)).toBe(false); // reaped, not left a zombie
     const dev = readDaemonStatus(before.dir).devices;
     expect(dev.map((d) => [d.owner?.pid, d.status])).toEqual([[vm.child.pid, 0x0f], [vm.child.pid, 0x0f]]);
     await trafficFlows(vm, mark);
@@ -236,8 +247,7 @@ describeWith(['guest', 'fuse', 'root'], 'the device daemon killed under a runnin
     const before = await daemonOf(vm);
     injectVdpaFault(before.dir, 'vhost-vdpa-0', 'new-owner', 'delay:3000'); // the new image's NEW_OWNER waits in the daemon
     const update = runUpdate(vm.qmpPath, null, 30_000) as Promise<Update>;
-    // The exec and the restore up to NEW_OWNER take well under a second; the hold lasts 3 s.
-    await new Promise((r) => setTimeout(r, 1200));
+    await daemonLogged(before.dir, /injected a 3000 ms delay into new-owner/); // the new image's NEW_OWNER waits in the daemon
     const mark = vm.stdout.length;
     process.kill(before.pid, 'SIGKILL');
     const r = await update;

@@ -18,9 +18,11 @@ import { QmpConnection } from '../vmm/qmp.js';
 import { parseSize } from '../vmm/config.js';
 import { parseStats, quantile, median, slope } from './stats.js';
 import { leanEnv } from '../cpr/exec.js';
+import { copyBuild, type BuildCopy } from './build-copy.js';
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
-const BIN = join(ROOT, 'bin/minivmm.js');
+/** The private copy of the build every VM of the run starts from (main() makes it): a rebuild of dist/ meanwhile cannot break a run. */
+let build: BuildCopy;
 
 const r1 = (x: number) => Math.round(x * 10) / 10;
 const r2 = (x: number) => Math.round(x * 100) / 100;
@@ -38,7 +40,7 @@ async function startVm(args: string[], dir: string, waitRe: RegExp): Promise<Vm 
   const spawnedAt = Date.now();
   let out = '', err = '', n = 0;
   const launch = (extra: string[]) => {
-    const c = spawn(process.execPath, [BIN, 'run', ...args, '--qmp', qmp, '--log-level', 'warn', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn(process.execPath, [build.bin, 'run', ...args, '--qmp', qmp, '--log-level', 'warn', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
     c.stdout!.on('data', (d) => { out += d; });
     c.stderr!.on('data', (d) => { err += d; });
     return c;
@@ -218,7 +220,7 @@ async function noDeviceBlackout(dir: string, n: number) {
 }
 
 function loopbackFramesPerSecond(): Record<string, number> {
-  const out = execFileSync(process.execPath, [join(ROOT, 'dist/devices/vdpa/bench-loopback.js'), '3', '128'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const out = execFileSync(process.execPath, [join(build.root, 'dist/devices/vdpa/bench-loopback.js'), '3', '128'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   const res: Record<string, number> = {};
   for (const m of out.matchAll(/^(\w+): \d+ frames in [\d.]+ s = (\d+) frames\/s/gm)) res[m[1]] = Number(m[2]);
   return res;
@@ -260,6 +262,7 @@ async function main(): Promise<void> {
   const n = Number(values.updates);
   const pinCost = values['pin-cost-ms-per-gib'] !== undefined ? Number(values['pin-cost-ms-per-gib']) : undefined;
   const dir = mkdtempSync(join(tmpdir(), 'minivmm-bench-'));
+  build = copyBuild(ROOT, join(dir, 'build'));
   const command = `npm run bench -- --sizes ${values.sizes} --updates ${n} --accel ${values.accel} --only ${values.only}`;
   const machine = machineInfo();
   try {

@@ -12,9 +12,9 @@ import { runUpdate } from '../vmm/update.js';
 import { QmpConnection } from '../vmm/qmp.js';
 import { parseStats } from './stats.js';
 import { median, quantile } from './stats.js';
+import { copyBuild } from './build-copy.js';
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
-const BIN = join(ROOT, 'bin/minivmm.js');
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
 const fds = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
 
@@ -22,8 +22,10 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: { updates: { type: 'string', default: '1000' }, memory: { type: 'string', default: '1G' } } });
   const total = Number(values.updates);
   const dir = mkdtempSync(join(tmpdir(), 'minivmm-soak-'));
+  // Every update starts a new image: from a private copy, so a rebuild of dist/ meanwhile cannot break one.
+  const build = copyBuild(ROOT, join(dir, 'build'));
   const qmp = join(dir, 'qmp.sock');
-  const args = [BIN, 'run', '--guest', 'netblk', '--memory', values.memory as string, '--qmp', qmp, '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk,pa'];
+  const args = [build.bin, 'run', '--guest', 'netblk', '--memory', values.memory as string, '--qmp', qmp, '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk,pa'];
   let out = '', err = '';
   const procs: ChildProcess[] = [];
   const launch = (extra: string[]) => {

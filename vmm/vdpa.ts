@@ -67,7 +67,7 @@ export async function resolveVdpaPaths(specs: VdpaSpec[], ramBytes: number): Pro
     const memlockLimit = sims.some((s) => s.dma === 'pa') && raiseMemlock(need) < need ? need : undefined;
     const d = await startVdpaDaemon({
       dir, memlockLimit,
-      // The pin-time charge of the spec's cost model (§6.4), on top of the real mlock; one per daemon.
+      // The pin-time charge (docs/vhost-vdpa-live-update.md §6), on top of the real mlock; one per daemon.
       pinCostMsPerGib: Math.max(0, ...sims.map((s) => s.pinCostMsPerGib ?? 0)),
       devices: sims.map((s, i) => ({ name: `vhost-vdpa-${i}`, type: s.type, dma: s.dma, model: s.model, quirks: s.quirks, backing: backing(s, i) })),
     });
@@ -78,9 +78,9 @@ export async function resolveVdpaPaths(specs: VdpaSpec[], ramBytes: number): Pro
 }
 
 /**
- * Devices that pin (PA mode) count guest RAM against RLIMIT_MEMLOCK, root included (spec §3.9).
- * Raise the limit to cover every device pinning all of RAM, as one would with `ulimit -l`; the
- * new image inherits it across exec, which the fast path needs (§4.1).
+ * Devices that pin (PA mode) count guest RAM against RLIMIT_MEMLOCK, root included (§3.9 of
+ * docs/vhost-vdpa-live-update.md). Raise the limit to cover every device pinning all of RAM, as
+ * one would with `ulimit -l`; the new image inherits it across exec, which the fast path needs (§4.1).
  */
 const memlockNeed = (ramBytes: number, devices: number): bigint => BigInt(ramBytes) * BigInt(devices) + 64n * 2n ** 20n;
 
@@ -118,12 +118,13 @@ export function attachVdpa(machine: Machine, paths: string[]): { devices: VhostV
   return { devices, boot: devices.map((d) => ({ type: d.deviceId, irq: d.gsi, base: d.base, size: VIRTIO_MMIO_SIZE })) };
 }
 
+/** Stops the daemon and removes what it left: its mount point, disk files and log. */
 export async function stopDaemon(d: DaemonRef | undefined): Promise<void> {
   if (!d) return;
-  const { stopVdpaDaemon } = await import('../devices/vdpa/launch.js');
+  const { stopVdpaDaemon, defaultDaemonLog } = await import('../devices/vdpa/launch.js');
   await stopVdpaDaemon(d.pid, d.dir);
   try { rmdirSync(d.dir); } catch { /* not empty or gone */ }
-  for (const f of d.files ?? []) { try { unlinkSync(f); } catch { /* gone */ } }
+  for (const f of [...d.files ?? [], defaultDaemonLog(d.dir)]) { try { unlinkSync(f); } catch { /* gone */ } }
 }
 
 const WATCH_MS = 100, MAX_FAILED_RESTARTS = 5;

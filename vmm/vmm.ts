@@ -187,7 +187,8 @@ export class Vmm {
   // ---- the live update, old image ----
 
   /**
-   * Pauses the guest, quiesces every device (SUSPEND, ring bases) and saves the VM. Null if a
+   * Pauses the guest, quiesces every device (SUSPEND, ring bases: docs/vhost-vdpa-live-update.md
+   * §4.2) and saves the VM. Null if a
    * device could not be quiesced: the update is then already rolled back and reported failed.
    */
   async beginUpdate(mode: UpdateMode): Promise<PreparedUpdate | null> {

@@ -1,8 +1,9 @@
-// One vhost-vdpa device file: the kernel's drivers/vhost/vdpa.c + vhost core semantics as the
-// spec (§3) states them — open/release, ownership by address space, ioctl dispatch order and
-// errnos, backend features, status, suspend/resume, IOTLB write() parsing, the IOTLB handler
-// with lazily created address spaces and batching, pinned-page accounting (pa), VHOST_NEW_OWNER
-// and VHOST_IOTLB_REMAP (patched model) with the quirk switches of §3.12.
+// One vhost-vdpa device file: the kernel's drivers/vhost/vdpa.c + vhost core semantics as
+// docs/vhost-vdpa-live-update.md §3 states them (the § numbers below are its sections) —
+// open/release, ownership by address space, ioctl dispatch order and errnos, backend features,
+// status, suspend/resume, IOTLB write() parsing, the IOTLB handler with lazily created address
+// spaces and batching, pinned-page accounting (pa), VHOST_NEW_OWNER and VHOST_IOTLB_REMAP
+// (patched model) with the quirk switches of §3.12 (Q1, Q2).
 import { constants } from 'node:os';
 import { readlinkSync } from 'node:fs';
 import { close, pidfdGetfd, pidfdOpen, processVmRead, processVmWrite, open as sysOpen, O_RDWR, O_CLOEXEC } from '../../src/libc.js';

@@ -125,13 +125,16 @@ export async function startVdpaDaemon(o: StartVdpaOptions): Promise<VdpaDaemon> 
   };
 }
 
+/** Where a daemon serving `dir` logs when not told otherwise (the same path when it is restarted). */
+export const defaultDaemonLog = (dir: string): string => join(tmpdir(), `minivmm-vdpa-${dir.replace(/[^A-Za-z0-9]+/g, '_')}.log`);
+
 /**
  * Starts the daemon with `args` (daemonArgs) and waits for `ready`; returns its pid. Also how a
  * VMM restarts a daemon that died: the same arguments, the same mount point (the daemon detaches
  * the dead mount first).
  */
 export async function spawnVdpaDaemon(dir: string, args: string[], logFile?: string, timeoutMs = 15000): Promise<number> {
-  const logPath = logFile ?? join(tmpdir(), `minivmm-vdpa-${dir.replace(/[^A-Za-z0-9]+/g, '_')}.log`);
+  const logPath = logFile ?? defaultDaemonLog(dir);
   const logFd = openSync(logPath, 'a');
   const child = spawn(process.execPath, [daemonScript(), ...args], { detached: true, stdio: ['ignore', 'pipe', logFd] });
   closeSync(logFd);

@@ -1,8 +1,9 @@
 // A virtio-net device like vdpa_sim_net: every frame sent on TX (vq 1) comes back on RX (vq 0);
 // the control queue (vq 2) takes VIRTIO_NET_CTRL_MAC_ADDR_SET. Profile as observed on 6.12
-// (spec §2.5): device id 1, features 0x308830028 (MTU, MAC, STATUS, CTRL_VQ, CTRL_MAC_ADDR,
-// ANY_LAYOUT, VERSION_1, ACCESS_PLATFORM; no MRG_RXBUF, so the 12-byte VERSION_1 header is
-// copied along as part of the frame), vring max 256, config 24 bytes, 2 groups (data, cvq), 2 ASes.
+// (docs/vhost-vdpa-live-update.md §2.5): device id 1, features 0x308830028 (MTU, MAC, STATUS,
+// CTRL_VQ, CTRL_MAC_ADDR, ANY_LAYOUT, VERSION_1, ACCESS_PLATFORM; no MRG_RXBUF, so the 12-byte
+// VERSION_1 header is copied along as part of the frame), vring max 256, config 24 bytes,
+// 2 groups (data, cvq), 2 ASes.
 import { SimDevice, type SimProfile } from './sim.js';
 import { popAvail, pushUsed, wantsInterrupt, type Chain } from './virtqueue.js';
 

@@ -5,8 +5,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BIN, VmProcess, tempDir } from '../harness.js';
 
-/** A real state blob from a live `counter` VM (the VM is killed afterwards). Null if capture failed. */
-export async function captureRealBlob(extraArgs: string[] = []): Promise<Buffer | null> {
+/**
+ * A real state blob from a live `counter` VM (the VM is ended afterwards). Throws, saying at which
+ * step, when it cannot be captured: a broken cpr-exec must fail the tests that need the blob, not
+ * leave them on synthetic seeds.
+ */
+export async function captureRealBlob(extraArgs: string[] = []): Promise<Buffer> {
   const dir = tempDir('minivmm-fuzz-cap-');
   const out = join(dir, 'state.bin');
   const args = ['--guest', 'counter', '--log-level', 'warn', ...extraArgs];
@@ -21,18 +25,20 @@ export async function captureRealBlob(extraArgs: string[] = []): Promise<Buffer 
     });
     await c.execute('migrate', { uri: 'file:/dev/null' });
     c.close();
+    // The old image is gone once the wrapper runs; it copies the blob, then execs the new image.
     const deadline = Date.now() + 20_000;
-    while (Date.now() < deadline) {
-      if (existsSync(out)) {
-        const mark = vm.stdout.length;
-        await vm.waitFor(/counter \d+/, 15_000, mark); // the new image restored from the same blob
-        return readFileSync(out);
-      }
+    while (!existsSync(out)) {
+      if (vm.child.exitCode !== null || Date.now() > deadline) throw new Error(vm.child.exitCode !== null ? `the VM exited ${vm.child.exitCode}` : 'no state file within 20 s');
       await new Promise((r) => setTimeout(r, 50));
     }
-    return null;
-  } catch {
-    return null;
+    await vm.waitFor(/counter \d+/, 15_000, vm.stdout.length); // the new image restored from the same blob
+    const after = await vm.qmp();
+    const q = await after.execute('query-migrate') as { status?: string; 'error-desc'?: string };
+    after.close();
+    if (q.status !== 'completed') throw new Error(`the new image's query-migrate says ${q.status}: ${q['error-desc']}`);
+    return readFileSync(out);
+  } catch (e) {
+    throw new Error(`capturing a real CPR state blob failed: ${(e as Error).message}; VM stderr: ${vm.stderr.slice(-400)}`);
   } finally {
     await vm.kill();
   }
@@ -46,14 +52,4 @@ export function oneLineProblem(stderr: string): string | null {
   if (!lines[0].startsWith('minivmm: ')) return `stderr does not start with 'minivmm: ': ${JSON.stringify(lines[0].slice(0, 200))}`;
   if (/\n\s+at |\bat [^ ]+ \(.*:\d+:\d+\)/.test(stderr)) return `stack trace on stderr: ${JSON.stringify(stderr.slice(0, 400))}`;
   return null;
-}
-
-/** The build under dist/ was being rewritten by a concurrent `tsc` (not the input's fault). */
-export const buildRace = (stderr: string): boolean => /SyntaxError: The requested module|ERR_MODULE_NOT_FOUND|Cannot find module|Unexpected end of input/.test(stderr);
-
-/** runMinivmm, retried (up to 3 times, 2 s apart) while dist/ is mid-rebuild by someone else. */
-export async function runStable<T extends { stderr: string }>(run: () => Promise<T>): Promise<T> {
-  let r = await run();
-  for (let i = 0; i < 3 && buildRace(r.stderr); i++) { await new Promise((res) => setTimeout(res, 2000)); r = await run(); }
-  return r;
 }

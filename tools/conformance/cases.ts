@@ -1,4 +1,5 @@
-// The §7 checklist of /work/shared/spec/vhost-vdpa-live-update.md, one function per case.
+// The conformance checklist of docs/vhost-vdpa-live-update.md §7, one function per case: `id` is
+// the item's number there (a new case takes the next free number and gets its item, §7.10).
 // Every case starts with the device closed and leaves it closed (Ctx.dispose closes every role).
 // Expectations are errno names as userspace sees them; "ok" for a write() means it returned 72.
 import { BACKEND_F, IOTLB, VHOST, VIRTIO_STATUS as S } from '../../src/vhost.js';

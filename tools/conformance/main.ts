@@ -1,5 +1,5 @@
-// minivmm conformance suite for vhost-vdpa devices (spec §7): a real /dev/vhost-vdpa-N or the
-// embedded FUSE-served device. Only UAPI actions decide verdicts.
+// minivmm conformance suite for vhost-vdpa devices (docs/vhost-vdpa-live-update.md §7): a real
+// /dev/vhost-vdpa-N or the embedded FUSE-served device. Only UAPI actions decide verdicts.
 //
 //   node dist/tools/conformance/main.js --device PATH [--json FILE] [--only 1,2,47]
 //

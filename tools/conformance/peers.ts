@@ -1,4 +1,4 @@
-// The roles of §7.1 as peers that run Agent ops: A (this process), T (a worker thread of A),
+// The roles of docs/vhost-vdpa-live-update.md §7.1 as peers that run Agent ops: A (this process), T (a worker thread of A),
 // B (a child process that inherits A's fd, or opens the node itself) and A' (a child that exec'd
 // itself with the fd kept; the same peer object keeps talking to the new image).
 import { spawn, ChildProcess } from 'node:child_process';

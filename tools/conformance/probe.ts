@@ -1,4 +1,4 @@
-// What the device says about itself (§7.1): device id, virtio and backend features, queue counts,
+// What the device says about itself (docs/vhost-vdpa-live-update.md §7.1): device id, virtio and backend features, queue counts,
 // IOVA range, whether it carries the live-update series, and VA vs PA mode.
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';

@@ -7,7 +7,7 @@ import type { DeviceInfo } from './probe.js';
 
 export interface CaseResult { id: number; title: string; tags: Tag[]; result: 'pass' | 'fail' | 'skip'; detail: string }
 
-/** Why a case does not apply to this device, from its tags (§7.1), or null. */
+/** Why a case does not apply to this device, from its tags (docs/vhost-vdpa-live-update.md §7.1), or null. */
 export function tagGate(d: DeviceInfo, tags: Tag[]): string | null {
   if (tags.includes('U0') && d.series) return 'device carries the live-update series (bit 9 advertised or accepted) [U0]';
   if (tags.includes('P+R') && !(d.newOwner && d.remap)) return `needs bits 9 and 10 advertised (got 0x${d.backend.toString(16)}) [P+R]`;

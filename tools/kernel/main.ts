@@ -27,6 +27,7 @@ import {
   renameSync, rmSync, statSync, writeFileSync, writeSync, type WriteStream,
 } from 'node:fs';
 import { cpus, homedir } from 'node:os';
+import { copyBuild } from '../build-copy.js';
 import { dirname, join, resolve } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { fileURLToPath } from 'node:url';
@@ -342,8 +343,11 @@ const KERNEL_TROUBLE = /Kernel panic|BUG: |Oops|general protection fault|WARNING
 async function bootAndRun(bzImage: string, o: Options, runDir: string): Promise<Boot> {
   const results = join(runDir, 'results');
   mkdirSync(results, { recursive: true });
+  // The guest runs the suite from a copy of the build kept with the run's files: a rebuild of
+  // dist/ during the run (minutes) cannot change what the suite's child roles load.
+  const build = copyBuild(REPO, join(runDir, 'minivmm-build'));
   const env = {
-    MINIVMM_REPO: REPO, MINIVMM_NODE: process.execPath,
+    MINIVMM_REPO: build.root, MINIVMM_NODE: process.execPath,
     MINIVMM_DEVICES: DEVICES.map(([m, n]) => `${m}:${n}`).join(' '),
     MINIVMM_SUITE_ARGS: o.only ? `--only ${o.only}` : '',
   };

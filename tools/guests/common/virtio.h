@@ -8,7 +8,7 @@
 
 #include "lib.h"
 
-/* virtio-mmio registers (spec 4.2.2); all 32-bit. */
+/* virtio-mmio registers (virtio 1.x spec 4.2.2); all 32-bit. */
 #define VIRTIO_MMIO_MAGIC_VALUE		0x000
 #define VIRTIO_MMIO_VERSION		0x004
 #define VIRTIO_MMIO_DEVICE_ID		0x008
@@ -35,7 +35,7 @@
 
 #define VIRTIO_MMIO_MAGIC		0x74726976	/* "virt" */
 
-/* Device status bits (spec 2.1). */
+/* Device status bits (virtio 1.x spec 2.1). */
 #define VIRTIO_STATUS_ACKNOWLEDGE	0x01
 #define VIRTIO_STATUS_DRIVER		0x02
 #define VIRTIO_STATUS_DRIVER_OK		0x04
@@ -87,7 +87,7 @@ struct virtio_dev {
 };
 
 /*
- * Index arithmetic is free-running u16, as in the spec: slot = idx % num,
+ * Index arithmetic is free-running u16, as in the virtio spec: slot = idx % num,
  * which is why num must be a power of 2.  The device owns everything between
  * last_used and avail_idx; the ring indexes it writes are read through
  * volatile pointers so the compiler never caches them.
@@ -128,7 +128,7 @@ void virtq_init(struct virtq *vq, struct virtio_dev *d, u32 index, u16 want, voi
 /* After the queues (and any buffers) are set up: the device may go. */
 void virtio_driver_ok(struct virtio_dev *d);
 
-/* Config space reads (spec 4.2.2: by field width), retried across changes. */
+/* Config space reads (virtio 1.x spec 4.2.2: by field width), retried across changes. */
 u8 virtio_config8(const struct virtio_dev *d, u32 off);
 u64 virtio_config64(const struct virtio_dev *d, u32 off);
 
