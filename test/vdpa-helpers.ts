@@ -1,6 +1,6 @@
 // Shared by the embedded-device tests: errno of a call, and a frame loop-back check.
 import { SyscallError } from '../src/libc.js';
-import { bringUp, kick, ringArea, waitFor, type GuestMemory } from '../devices/vdpa/driver.js';
+import { bringUp, kick, ringArea, waitFor, type DriverMemory } from '../devices/vdpa/driver.js';
 
 /** 'OK' or the errno name a call failed with. */
 export const errnoOf = (f: () => unknown): string => {
@@ -8,7 +8,7 @@ export const errnoOf = (f: () => unknown): string => {
 };
 
 /** Sends `n` 16-byte frames on TX and checks they come back on RX, tagged `tag + i` (device up). */
-export function loopback(qs: ReturnType<typeof bringUp>, mem: GuestMemory, n: number, tag = 0xc0de0000, timeoutMs = 5000): boolean {
+export function loopback(qs: ReturnType<typeof bringUp>, mem: DriverMemory, n: number, tag = 0xc0de0000, timeoutMs = 5000): boolean {
   const [rx, tx] = qs, base = ringArea(3);
   rx.ring.collect(); tx.ring.collect();
   const start = rx.ring.usedIdx();

@@ -22,7 +22,12 @@ const USAGE = `usage: minivmm <command> [options]
   demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--mode cpr-exec|cpr-transfer] [--inject new-process-crash] [--json]   (npm start)
   conformance --device PATH [--json FILE]      (the vhost-vdpa conformance suite)
   kernel-test [--kernel BZIMAGE | --source DIR] [--fragment FILE] [--json OUT] [--timeout SEC]
-              (the suite against a real kernel's vhost-vdpa + vdpa_sim, in QEMU)`;
+              (the suite against a real kernel's vhost-vdpa + vdpa_sim, in QEMU)
+  vdpa-sim --dir DIR [--daemon] [--log FILE] --dev NAME:net|blk[,va|pa][,no-new-owner][,backing=FILE]...
+           (the embedded vhost-vdpa device on its own: DIR/vhost-vdpa-N)
+  vdpa-sim stop --dir DIR
+  vdpa [-j] [-p] dev show [NAME] | add name NAME mgmtdev vdpasim_net|vdpasim_blk [mac MAC] [dma va|pa]
+           [model no-new-owner] [backing FILE] | del NAME  --dir DIR   (iproute2's vdpa dev, for vdpa-sim)`;
 
 /** "512M", "1G", "16GiB", "1048576" → bytes. */
 export function parseSize(text: string): number {
@@ -48,7 +53,7 @@ export function resolveGuest(guest: string): string {
 }
 
 type Values = Record<string, string | boolean | string[] | undefined>;
-function parse(args: string[], options: ParseArgsConfig['options'], allowPositionals = false): { values: Values; positionals: string[] } {
+export function parse(args: string[], options: ParseArgsConfig['options'], allowPositionals = false): { values: Values; positionals: string[] } {
   try {
     return parseArgs({ args, options, allowPositionals, strict: true }) as { values: Values; positionals: string[] };
   } catch (e) {
@@ -200,6 +205,8 @@ async function cmdKernelTest(args: string[]): Promise<void> {
 
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   run: cmdRun, qmp: cmdQmp, update: cmdUpdate, demo: cmdDemo, conformance: cmdConformance, 'kernel-test': cmdKernelTest,
+  'vdpa-sim': async (args) => (await import('./vdpa-sim.js')).cmdVdpaSim(args),
+  vdpa: async (args) => (await import('./vdpa-sim.js')).cmdVdpa(args),
 };
 
 export function registerCommand(name: string, fn: (args: string[]) => Promise<void>): void { COMMANDS[name] = fn; }

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { open, close, O_RDWR } from '../../src/libc.js';
 import { startVdpaDaemon } from './launch.js';
-import { GuestMemory, bringUp, kick, ringArea, waitFor, closeQueues } from './driver.js';
+import { DriverMemory, bringUp, kick, ringArea, waitFor, closeQueues } from './driver.js';
 
 const seconds = Number(process.argv[2] ?? 3), batch = Number(process.argv[3] ?? 128);
 const FRAME = 12 + 64, RXBUF = 2048, NUM = 256;
@@ -18,7 +18,7 @@ async function main(): Promise<void> {
   try {
     for (const [i, path] of d.paths.entries()) {
       const fd = open(path, O_RDWR);
-      const mem = new GuestMemory(4 << 20);
+      const mem = new DriverMemory(4 << 20);
       const [rx, tx] = bringUp(fd, mem, 3, { num: NUM });
       const base = ringArea(3, NUM), txBase = base + NUM * RXBUF;
       const slotOf = new Map<number, number>();

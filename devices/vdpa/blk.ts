@@ -127,6 +127,8 @@ export class BlkDevice extends SimDevice {
     const sectors = this.capacity / SECTOR, n = len / SECTOR;
     return len % SECTOR === 0 && start < sectors && n <= max && n <= sectors - start;
   }
+
+  override destroy(): void { this.disk.close(); }
 }
 
 /** Where a blk device keeps its sectors. */
@@ -134,11 +136,13 @@ export interface Disk {
   read(off: number, len: number): Buffer;
   write(off: number, data: Buffer): void;
   zero(off: number, len: number): void;
+  close(): void;
 }
 
 /** vdpa_sim_blk's storage: RAM, sparse in chunks; gone with the process. */
 export class RamDisk implements Disk {
   private readonly chunks = new Map<number, Buffer>();
+  close(): void { this.chunks.clear(); }
   /** Zeroes [off, off + len): whole chunks are dropped (they read back as zeros), parts cleared. */
   zero(off: number, len: number): void {
     for (let at = 0; at < len;) {
@@ -188,6 +192,7 @@ export class FileDisk implements Disk {
     for (let at = 0; at < data.length;) at += writeSync(this.fd, data, at, data.length - at, off + at);
   }
   zero(off: number, len: number): void { this.write(off, Buffer.alloc(len)); }
+  close(): void { closeSync(this.fd); }
 }
 
 function dropFirst(segs: Seg[], n: number): Seg[] {

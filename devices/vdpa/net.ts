@@ -7,14 +7,15 @@ import { SimDevice, type SimProfile } from './sim.js';
 import { popAvail, pushUsed, wantsInterrupt, type Chain } from './virtqueue.js';
 
 const RX = 0, TX = 1, CVQ = 2;
-const VIRTIO_NET_F_CTRL_VQ = 17n;
+const VIRTIO_NET_F_CTRL_VQ = 1n << 17n;
 const BATCH = 256, MAX_FRAME = 65550;
 
-export function netProfile(): SimProfile {
-  // mac stays 00:00:00:00:00:00, as vdpasim_net without a `mac` attribute at `vdpa dev add`.
-  // Loop-back doesn't depend on it: every frame comes back here, and the kernel's receive filter
-  // passes what the guests send (broadcast, or to the config MAC, whatever it is).
+export function netProfile(mac?: string): SimProfile {
+  // The MAC stays 00:00:00:00:00:00 unless given, as vdpasim_net without a `mac` attribute at
+  // `vdpa dev add`. Loop-back doesn't depend on it: every frame comes back here, and the kernel's
+  // receive filter passes what the guests send (broadcast, or to the config MAC, whatever it is).
   const config = Buffer.alloc(24);
+  if (mac) Buffer.from(mac.replace(/:/g, ''), 'hex').copy(config, 0);
   config.writeUInt16LE(1, 6); // status: VIRTIO_NET_S_LINK_UP
   config.writeUInt16LE(1, 8); // max_virtqueue_pairs
   config.writeUInt16LE(1500, 10); // mtu
@@ -25,7 +26,7 @@ export function netProfile(): SimProfile {
 }
 
 export class NetDevice extends SimDevice {
-  constructor() { super(netProfile()); }
+  constructor(mac?: string) { super(netProfile(mac)); }
 
   protected work(): boolean {
     if (this.has(VIRTIO_NET_F_CTRL_VQ) && this.vqs[CVQ].ready) this.control();
