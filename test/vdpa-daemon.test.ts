@@ -182,7 +182,8 @@ describeWith(['fuse', 'root'], 'vdpa daemon', () => {
         for (let i = 0; i < 32; i++) rx.ring.add([{ off: base + i * 2048, len: 2048, write: true }]);
         rx.ring.publish(); kick(rx.kick);
         const txBase = base + 64 * 2048;
-        const frames = Array.from({ length: 20 }, (_, i) => Buffer.concat([Buffer.alloc(12), Buffer.from(`frame ${i} `.repeat(i + 1))]));
+        // broadcast frames (vdpa_sim_net's receive filter drops unicast to other MACs)
+        const frames = Array.from({ length: 20 }, (_, i) => Buffer.concat([Buffer.alloc(12), Buffer.alloc(6, 0xff), Buffer.from(`frame ${i} `.repeat(i + 1))]));
         let off = txBase;
         for (const f of frames) {
           f.copy(mem.buf, off);
@@ -205,7 +206,7 @@ describeWith(['fuse', 'root'], 'vdpa daemon', () => {
         expect(st.counters.calls).toBeGreaterThan(0);
         // suspended: a kick is held until RESUME, GET_VRING_BASE gives last_avail
         vhost.suspend(fd);
-        const f = Buffer.concat([Buffer.alloc(12), Buffer.from('after resume')]);
+        const f = Buffer.concat([Buffer.alloc(12), Buffer.alloc(6, 0xff), Buffer.from('after resume')]);
         f.copy(mem.buf, txBase);
         tx.ring.collect();
         tx.ring.add([{ off: txBase, len: f.length, write: false }]); tx.ring.publish(); kick(tx.kick);
@@ -214,7 +215,7 @@ describeWith(['fuse', 'root'], 'vdpa daemon', () => {
         vhost.resume(fd);
         expect(waitFor(() => rx.ring.usedIdx() === 21)).toBe(true);
         const [u] = rx.ring.collect();
-        expect(mem.buf.subarray(base + u.head * 2048 + 12, base + u.head * 2048 + u.len).toString()).toBe('after resume');
+        expect(mem.buf.subarray(base + u.head * 2048 + 18, base + u.head * 2048 + u.len).toString()).toBe('after resume');
       } finally { closeQueues(qs); close(fd); mem.free(); }
     });
 
