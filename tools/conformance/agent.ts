@@ -87,8 +87,8 @@ export class Agent {
     try {
       return { r: 'ok', v: f.apply(this, args) };
     } catch (e) {
-      // errno 95 and 11 have two names each; the spec (and the kernel headers' users) say EOPNOTSUPP, EAGAIN
-      if (e instanceof libc.SyscallError) return { r: e.errno === 95 ? 'EOPNOTSUPP' : e.errno === 11 ? 'EAGAIN' : e.code, v: e.message };
+      // e.code is the kernel's spelling where two names share a number (EOPNOTSUPP, EAGAIN): src/libc.ts errnoName
+      if (e instanceof libc.SyscallError) return { r: e.code, v: e.message };
       return { r: 'EHARNESS', v: (e as Error).stack ?? String(e) };
     }
   }
