@@ -155,7 +155,7 @@ describeWith(['fuse', 'root'], 'minivmm vdpa-sim and vdpa dev', () => {
   }, 600_000);
 
   it('bad arguments: one line, exit 2; a stale mount is cleaned at the next start; the foreground mode', async () => {
-    const base = tempDir('minivmm-vdpa-sim-'), dir = join(base, 'mnt');
+    const base = tempDir('minivmm-vdpa-sim-'), dir = join(base, 'mnt'), log = ['--log', join(base, 'daemon.log')];
     try {
       for (const args of [
         ['vdpa-sim'], ['vdpa-sim', '--dir', dir], ['vdpa-sim', '--dir', dir, '--dev', 'x:disk'], ['vdpa-sim', '--dir', dir, '--dev', 'x:net,zz'],
@@ -169,15 +169,15 @@ describeWith(['fuse', 'root'], 'minivmm vdpa-sim and vdpa dev', () => {
         expect(r.stderr, args.join(' ')).toMatch(/^minivmm: [^\n]+\n$/);
       }
       // a daemon killed leaves a dead mount; the next start clears it
-      const a = await runMinivmm(['vdpa-sim', '--dir', dir, '--daemon', '--dev', 'n:net']);
+      const a = await runMinivmm(['vdpa-sim', '--dir', dir, '--daemon', ...log, '--dev', 'n:net']);
       expect(a.code, a.stderr).toBe(0);
       process.kill(Number(/pid (\d+)/.exec(a.stdout)![1]), 'SIGKILL');
       const dead = await runMinivmm(['vdpa', 'dev', 'show', '--dir', dir]);
       expect([dead.code, dead.stderr]).toEqual([1, expect.stringMatching(/daemon is gone \(ENOTCONN\)/)]);
-      const b = await runMinivmm(['vdpa-sim', '--dir', dir, '--daemon', '--dev', 'n:net,pa']);
+      const b = await runMinivmm(['vdpa-sim', '--dir', dir, '--daemon', ...log, '--dev', 'n:net,pa']);
       expect(b.code, b.stderr).toBe(0);
       expect(JSON.parse((await runMinivmm(['vdpa', '-j', 'dev', 'show', '--dir', dir])).stdout).dev.n.dma).toBe('pa');
-      const busy = await runMinivmm(['vdpa-sim', '--dir', dir, '--daemon', '--dev', 'n:net']);
+      const busy = await runMinivmm(['vdpa-sim', '--dir', dir, '--daemon', ...log, '--dev', 'n:net']);
       expect([busy.code, busy.stderr]).toEqual([1, expect.stringMatching(/already served by a live vdpa daemon/)]);
       expect((await runMinivmm(['vdpa-sim', 'stop', '--dir', dir])).code).toBe(0);
       // foreground: serves until stopped, then the process exits 0
