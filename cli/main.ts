@@ -17,7 +17,12 @@ const USAGE = `usage: minivmm <command> [options]
            [--accel kvm|emu|auto] [--json]   (npm start)
   conformance --device PATH [--json FILE]      (the vhost-vdpa conformance suite)
   kernel-test [--kernel BZIMAGE | --source DIR] [--fragment FILE] [--json OUT] [--timeout SEC]
-              (the suite against a real kernel's vhost-vdpa + vdpa_sim, in QEMU)`;
+              (the suite against a real kernel's vhost-vdpa + vdpa_sim, in QEMU)
+  vdpa-sim --dir DIR [--daemon] [--log FILE] --dev NAME:net|blk[,va|pa][,no-new-owner][,backing=FILE]...
+           (the embedded vhost-vdpa device on its own: DIR/vhost-vdpa-N)
+  vdpa-sim stop --dir DIR
+  vdpa [-j] [-p] dev show [NAME] | add name NAME mgmtdev vdpasim_net|vdpasim_blk [mac MAC] [dma va|pa]
+           [model no-new-owner] [backing FILE] | del NAME  --dir DIR   (iproute2's vdpa dev, for vdpa-sim)`;
 
 /** The accelerator `--accel` names; `auto` says on stderr which one runs and why. */
 async function accelerator(choice: AccelChoice): Promise<Accelerator> {
@@ -133,6 +138,8 @@ async function cmdKernelTest(args: string[]): Promise<void> {
 
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   run: cmdRun, qmp: cmdQmp, update: cmdUpdate, demo: cmdDemo, conformance: cmdConformance, 'kernel-test': cmdKernelTest,
+  'vdpa-sim': async (args) => (await import('./vdpa-sim.js')).cmdVdpaSim(args),
+  vdpa: async (args) => (await import('./vdpa-sim.js')).cmdVdpa(args),
 };
 
 export async function main(argv: string[]): Promise<void> {

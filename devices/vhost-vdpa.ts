@@ -4,13 +4,12 @@
 // (slow fallback).
 import { writeSync } from 'node:fs';
 import { open, close, eventfd, O_RDWR, O_CLOEXEC, EFD_CLOEXEC, EFD_NONBLOCK, SyscallError } from '../src/libc.js';
-import { vhost, BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_STATUS as S } from '../src/vhost.js';
+import { vhost, BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_F, VIRTIO_STATUS as S } from '../src/vhost.js';
 import type { Vm } from '../src/accel/index.js';
 import { cprSaveFd, cprDeleteFd, cprFindFd } from '../src/cpr-fds.js';
 import type { GuestMemory } from '../src/memory.js';
 import { VirtioMmio, QUEUE_NOTIFY, type VirtioBackend, type VirtioMmioState } from './virtio-mmio.js';
 
-const VIRTIO_F_ACCESS_PLATFORM = 1n << 33n;
 /** What we negotiate when offered (QEMU's set plus PERSIST, so a reset keeps the parent's map). */
 const WANTED_BACKEND = BACKEND_F.IOTLB_MSG_V2 | BACKEND_F.IOTLB_BATCH | BACKEND_F.SUSPEND | BACKEND_F.RESUME
   | BACKEND_F.IOTLB_PERSIST | BACKEND_F.NEW_OWNER | BACKEND_F.IOTLB_REMAP;
@@ -141,7 +140,7 @@ export class VhostVdpa implements VirtioBackend {
       if (status === 0) { this.setDeviceStatus(0); return 0; }
       const prev = this.deviceStatus;
       if ((status & S.FEATURES_OK) && !(prev & S.FEATURES_OK)) {
-        vhost.setFeatures(this.fd, driverFeatures | (this.deviceFeatures & VIRTIO_F_ACCESS_PLATFORM));
+        vhost.setFeatures(this.fd, driverFeatures | (this.deviceFeatures & VIRTIO_F.ACCESS_PLATFORM));
       }
       if ((status & S.DRIVER_OK) && !(prev & S.DRIVER_OK)) this.startQueues([]);
       this.setDeviceStatus(status);
@@ -152,7 +151,7 @@ export class VhostVdpa implements VirtioBackend {
   }
 
   /** ACCESS_PLATFORM is between us and the device (IOVA = guest-physical); the guest never sees it. */
-  get guestFeatures(): bigint { return this.deviceFeatures & ~VIRTIO_F_ACCESS_PLATFORM; }
+  get guestFeatures(): bigint { return this.deviceFeatures & ~VIRTIO_F.ACCESS_PLATFORM; }
 
   private setDeviceStatus(s: number): void { vhost.setStatus(this.fd, s); this.deviceStatus = s; }
 
@@ -175,7 +174,7 @@ export class VhostVdpa implements VirtioBackend {
     this.setDeviceStatus(S.ACKNOWLEDGE);
     if (status & S.DRIVER) this.setDeviceStatus(S.ACKNOWLEDGE | S.DRIVER);
     if (status & S.FEATURES_OK) {
-      vhost.setFeatures(this.fd, this.transport.negotiatedFeatures | (this.deviceFeatures & VIRTIO_F_ACCESS_PLATFORM));
+      vhost.setFeatures(this.fd, this.transport.negotiatedFeatures | (this.deviceFeatures & VIRTIO_F.ACCESS_PLATFORM));
       this.setDeviceStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK);
     }
     if (status & S.DRIVER_OK) {

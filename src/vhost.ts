@@ -19,9 +19,13 @@ export const VHOST = {
   SET_VRING_ADDR: iow(0x11, 40),
   SET_VRING_BASE: iow(0x12, 8),
   GET_VRING_BASE: iowr(0x12, 8),
+  SET_VRING_ENDIAN: iow(0x13, 8), // the vhost core's; vhost-vdpa answers ENOTTY
+  GET_VRING_ENDIAN: iow(0x14, 8),
   SET_VRING_KICK: iow(0x20, 8),
   SET_VRING_CALL: iow(0x21, 8),
   SET_VRING_ERR: iow(0x22, 8),
+  SET_VRING_BUSYLOOP_TIMEOUT: iow(0x23, 8),
+  GET_VRING_BUSYLOOP_TIMEOUT: iow(0x24, 8), // _IOW-encoded upstream: nothing travels back
   SET_BACKEND_FEATURES: iow(0x25, 8),
   GET_BACKEND_FEATURES: ior(0x26, 8),
   NEW_OWNER: io(0x27), // proposed (vdpa live update V2), not upstream
@@ -70,6 +74,9 @@ export const iotlbName = (t: number): string => Object.entries(IOTLB).find(([, v
 export const IOTLB_PERM = { RO: 1, WO: 2, RW: 3 } as const;
 export const VHOST_FILE_UNBIND = -1;
 export const IOTLB_MSG_SIZE = 72;
+
+/** virtio feature bits (masks) that the vhost-vdpa layer itself cares about. */
+export const VIRTIO_F = { ANY_LAYOUT: 1n << 27n, VERSION_1: 1n << 32n, ACCESS_PLATFORM: 1n << 33n } as const;
 
 /** virtio device status bits. */
 export const VIRTIO_STATUS = { ACKNOWLEDGE: 0x01, DRIVER: 0x02, DRIVER_OK: 0x04, FEATURES_OK: 0x08, NEEDS_RESET: 0x40, FAILED: 0x80 } as const;

@@ -15,7 +15,7 @@ import { BUILD, tempDir } from './harness.js';
 import { open, close, ioctlBuf, write, memfdCreate, eventfd, EFD_CLOEXEC, EFD_NONBLOCK, O_RDWR, SyscallError } from '../src/libc.js';
 import { IOTLB, VHOST, vhost } from '../src/vhost.js';
 import type { VdpaDaemon } from '../devices/vdpa/launch.js';
-import { GuestMemory, bringUp, kick, ringArea, waitFor, closeQueues } from '../devices/vdpa/driver.js';
+import { DriverMemory, bringUp, kick, ringArea, waitFor, closeQueues } from '../devices/vdpa/driver.js';
 import { fuzzCases, fuzzSeed, rng, type Rng } from './fuzz/prng.js';
 import { ALLOWED_ERRNOS, batchSequence, iotlbMessage, knownIoctl, randomIoctl } from './fuzz/vhost.js';
 
@@ -50,8 +50,8 @@ describeWith(['fuse', 'root'], 'fuzz: vhost-vdpa device requests', () => {
     it(`${dma}: random ioctls and IOTLB messages from no owner, a non-owner and the owner; the device works afterwards`, async () => {
       const seed = fuzzSeed(dma === 'va' ? 0xdef1 : 0xdef2);
       const r = rng(seed);
-      const fd = open(join(d.dir, dma), O_RDWR);
-      const mem = new GuestMemory(4 << 20);
+      const fd = open(d.pathOf(dma), O_RDWR);
+      const mem = new DriverMemory(4 << 20);
       const efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), notEventfd = memfdCreate('fuzz-not-an-eventfd', 1);
       const safeFds = [-1, -1, -2, -1000, 0x7fffffff, 99_999, efd, notEventfd];
       const ctx = { uaddr: BigInt(mem.addr), iova: BigInt(mem.iovaBase), size: BigInt(mem.size) };

@@ -1,5 +1,5 @@
 // The README's Security section, claim by claim. The embedded device's owner checks are the
-// conformance cases asserted in test/conformance.test.ts; the rest is here. Other users are played
+// conformance cases asserted in test/vdpa-sim.test.ts; the rest is here. Other users are played
 // by node children that load the build's libc as root and then drop to nobody (65534).
 import { afterEach, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';

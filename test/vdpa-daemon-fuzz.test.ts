@@ -6,14 +6,10 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { describeWith } from './facility.js';
 import { BUILD } from './harness.js';
-import { open, close, ioctl, ioctlBuf, write, memfdCreate, O_RDWR, SyscallError } from '../src/libc.js';
+import { open, close, ioctl, ioctlBuf, write, memfdCreate, O_RDWR } from '../src/libc.js';
 import { IOTLB, VHOST, encodeIotlbMsg, vhost } from '../src/vhost.js';
 import type { VdpaDaemon } from '../devices/vdpa/launch.js';
-import { GuestMemory, bringUp, kick, ringArea, waitFor, closeQueues } from '../devices/vdpa/driver.js';
-
-const code = (f: () => unknown): string => {
-  try { f(); return 'OK'; } catch (e) { if (e instanceof SyscallError) return e.code === 'ENOTSUP' ? 'EOPNOTSUPP' : e.code; throw e; }
-};
+import { DriverMemory, bringUp, kick, ringArea, waitFor, closeQueues } from '../devices/vdpa/driver.js';
 
 /** xorshift32: reproducible randomness (seed printed on failure). */
 function rng(seed: number) {
@@ -38,8 +34,8 @@ describeWith(['fuse', 'root'], 'vdpa daemon under malformed input', () => {
     it(`${dma}: 5,000+ malformed requests each get the kernel's errno, then frames still loop`, () => {
       const seed = (Date.now() ^ (dma === 'va' ? 0x1234 : 0x4321)) >>> 0;
       const r = rng(seed);
-      const fd = open(join(d.dir, dma), O_RDWR);
-      const mem = new GuestMemory(1 << 20);
+      const fd = open(d.pathOf(dma), O_RDWR);
+      const mem = new DriverMemory(1 << 20);
       const notEventfd = memfdCreate('not-an-eventfd', 1);
       const mismatches: string[] = [];
       let qs: ReturnType<typeof bringUp> = [];
@@ -81,7 +77,7 @@ describeWith(['fuse', 'root'], 'vdpa daemon under malformed input', () => {
         const N = 5200;
         for (let i = 0; i < N; i++) {
           const [what, f, want] = r.pick(cases)();
-          const got = code(f);
+          const got = errnoOf(f);
           if (got !== want && mismatches.length < 20) mismatches.push(`${what}: got ${got}, want ${want}`);
         }
         expect(mismatches, `seed ${seed}`).toEqual([]);
@@ -101,13 +97,13 @@ describeWith(['fuse', 'root'], 'vdpa daemon under malformed input', () => {
   }
 
   it('a client killed mid-operation leaves the device usable', async () => {
-    const path = join(d.dir, 'victim');
+    const path = d.pathOf('victim');
     const script = `
       import { open, O_RDWR } from ${JSON.stringify(join(BUILD, 'dist/src/libc.js'))};
       import { vhost } from ${JSON.stringify(join(BUILD, 'dist/src/vhost.js'))};
-      import { GuestMemory, bringUp } from ${JSON.stringify(join(BUILD, 'dist/devices/vdpa/driver.js'))};
+      import { DriverMemory, bringUp } from ${JSON.stringify(join(BUILD, 'dist/devices/vdpa/driver.js'))};
       const fd = open(${JSON.stringify(path)}, O_RDWR);
-      const mem = new GuestMemory(1 << 20);
+      const mem = new DriverMemory(1 << 20);
       bringUp(fd, mem, 3);
       console.log('up');
       for (let i = 0; ; i++) {
@@ -127,7 +123,7 @@ describeWith(['fuse', 'root'], 'vdpa daemon under malformed input', () => {
       // the release reaches the daemon shortly after the exit
       let fd = -1;
       expect(waitFor(() => { try { fd = open(path, O_RDWR); return true; } catch { return false; } }, 3000)).toBe(true);
-      const mem = new GuestMemory(1 << 20);
+      const mem = new DriverMemory(1 << 20);
       let qs: ReturnType<typeof bringUp> = [];
       try {
         expect(vhost.getStatus(fd)).toBe(0);

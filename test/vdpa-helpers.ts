@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SyscallError } from '../src/libc.js';
-import { bringUp, kick, ringArea, waitFor, type GuestMemory } from '../devices/vdpa/driver.js';
+import { bringUp, kick, ringArea, waitFor, type DriverMemory } from '../devices/vdpa/driver.js';
 import { defaultDaemonLog, type StartVdpaOptions, type VdpaDaemon } from '../devices/vdpa/launch.js';
 import { BUILD, tempDir } from './harness.js';
 
@@ -39,8 +39,11 @@ export const errnoOf = (f: () => unknown): string => {
   try { f(); return 'OK'; } catch (e) { if (e instanceof SyscallError) return e.code; throw e; }
 };
 
-/** Sends `n` 16-byte frames on TX and checks they come back on RX, tagged `tag + i` (device up). */
-export function loopback(qs: ReturnType<typeof bringUp>, mem: GuestMemory, n: number, tag = 0xc0de0000, timeoutMs = 5000): boolean {
+/**
+ * Sends `n` broadcast frames (net header, destination ff:..:ff, a 4-byte tag: 22 bytes, past
+ * vdpa_sim_net's receive filter) on TX and checks they come back on RX, tagged `tag + i` (device up).
+ */
+export function loopback(qs: ReturnType<typeof bringUp>, mem: DriverMemory, n: number, tag = 0xc0de0000, timeoutMs = 5000): boolean {
   const [rx, tx] = qs, base = ringArea(3);
   rx.ring.collect(); tx.ring.collect();
   const start = rx.ring.usedIdx();
@@ -48,10 +51,11 @@ export function loopback(qs: ReturnType<typeof bringUp>, mem: GuestMemory, n: nu
   rx.ring.publish(); kick(rx.kick);
   const tb = base + 64 * 2048;
   for (let i = 0; i < n; i++) {
-    mem.buf.fill(0, tb + i * 128, tb + i * 128 + 12); mem.buf.writeUInt32LE(tag + i, tb + i * 128 + 12);
-    tx.ring.add([{ off: tb + i * 128, len: 16, write: false }]);
+    mem.buf.fill(0, tb + i * 128, tb + i * 128 + 12); mem.buf.fill(0xff, tb + i * 128 + 12, tb + i * 128 + 18);
+    mem.buf.writeUInt32LE(tag + i, tb + i * 128 + 18);
+    tx.ring.add([{ off: tb + i * 128, len: 22, write: false }]);
   }
   tx.ring.publish(); kick(tx.kick);
   if (!waitFor(() => ((rx.ring.usedIdx() - start) & 0xffff) === n, timeoutMs)) return false;
-  return rx.ring.collect().every((u, i) => u.len === 16 && mem.buf.readUInt32LE(base + u.head * 2048 + 12) === tag + i);
+  return rx.ring.collect().every((u, i) => u.len === 22 && mem.buf.readUInt32LE(base + u.head * 2048 + 18) === tag + i);
 }

@@ -1,5 +1,6 @@
-// `--vdpa` devices: a vhost-vdpa node path, or `sim:net|sim:blk[,va|pa][,no-new-owner]`, served by
-// the embedded device daemon (started here, for the VM's lifetime: it survives our exec).
+// `--vdpa` devices: a vhost-vdpa node path, or `sim:` and an embedded device spec without a name
+// (devices/vdpa/spec.ts: `sim:net|blk[,va|pa][,no-new-owner][,...]`), served by the embedded
+// device daemon (started here, for the VM's lifetime: it survives our exec).
 import { mkdtempSync, rmdirSync, unlinkSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,31 +12,26 @@ import type { DaemonRef } from './state.js';
 import { prlimit, RLIMIT_MEMLOCK, processAlive, reapChild } from '../src/libc.js';
 import type { BootDevice } from './boot.js';
 import { log } from './log.js';
+import { DeviceSpecError, parseDeviceSpec, type DeviceSpec } from '../devices/vdpa/spec.js';
 
 export const VDPA_MMIO_BASE = 0xd0000000, VDPA_GSI_BASE = 16, MAX_VDPA = 8;
 
-export type VdpaSpec =
-  | { kind: 'path'; path: string }
-  | { kind: 'sim'; type: 'net' | 'blk'; dma: 'va' | 'pa'; model?: 'no-new-owner'; quirks: { remapLagsOutsideBatch?: boolean; newOwnerRlimitBeforeBusy?: boolean }; pinCostMsPerGib?: number };
+export type VdpaSpec = { kind: 'path'; path: string } | ({ kind: 'sim' } & DeviceSpec);
 
 export class VdpaSpecError extends Error {}
 
 export function parseVdpaSpec(text: string): VdpaSpec {
+  const shown = JSON.stringify(text).slice(1, -1);
   if (!text.startsWith('sim:')) {
-    if (!text.startsWith('/') && !text.startsWith('.')) throw new VdpaSpecError(`--vdpa ${text}: expected a device path or sim:net|sim:blk[,va|pa][,no-new-owner]`);
+    if (!text.startsWith('/') && !text.startsWith('.')) throw new VdpaSpecError(`--vdpa ${shown}: expected a device path or sim:net|sim:blk[,va|pa][,no-new-owner]`);
     return { kind: 'path', path: text };
   }
-  const [type, ...opts] = text.slice(4).split(',');
-  if (type !== 'net' && type !== 'blk') throw new VdpaSpecError(`--vdpa ${text}: the embedded device is sim:net or sim:blk`);
-  const spec: VdpaSpec = { kind: 'sim', type, dma: 'va', quirks: {} };
-  for (const o of opts) {
-    if (o === 'va' || o === 'pa') spec.dma = o;
-    else if (o === 'no-new-owner') spec.model = o;
-    else if (o === 'remapLagsOutsideBatch' || o === 'newOwnerRlimitBeforeBusy') spec.quirks[o] = true;
-    else if (/^pin-cost=\d+(\.\d+)?$/.test(o)) spec.pinCostMsPerGib = Number(o.slice(9));
-    else throw new VdpaSpecError(`--vdpa ${text}: unknown option '${o}' (va, pa, no-new-owner, pin-cost=MS_PER_GIB, remapLagsOutsideBatch, newOwnerRlimitBeforeBusy)`);
+  // The daemon names the devices (vdpa0, ...) and their nodes (vhost-vdpa-N): no NAME here.
+  if (/^[^:=,]*[:=]/.test(text.slice(4))) throw new VdpaSpecError(`--vdpa ${shown}: no device name after sim:`);
+  try { return { kind: 'sim', ...parseDeviceSpec(text.slice(4), 'vdpa0') }; } catch (e) {
+    if (e instanceof DeviceSpecError) throw new VdpaSpecError(`--vdpa ${e.message}`);
+    throw e;
   }
-  return spec;
 }
 
 export type { DaemonRef };
@@ -59,19 +55,17 @@ export async function resolveVdpaPaths(specs: VdpaSpec[], ramBytes: number): Pro
   if (sims.length) {
     const { startVdpaDaemon } = await import('../devices/vdpa/launch.js');
     const dir = mkdtempSync(join(tmpdir(), 'minivmm-vdpa-'));
-    // A blk disk lives in a file beside the mount, so that a restarted daemon serves the same one.
-    const backing = (s: { type: string }, i: number) => (s.type === 'blk' ? `${dir}.disk${i}` : undefined);
+    // A blk disk lives in a file beside the mount (unless given), so that a restarted daemon serves the same one.
+    const disk = (s: DeviceSpec, i: number) => (s.type === 'blk' && !s.backing ? `${dir}.disk${i}` : undefined);
     // Pinning devices count guest RAM against our RLIMIT_MEMLOCK. Where it cannot be raised far
     // enough (no CAP_SYS_RESOURCE), tell the embedded device the limit `ulimit -l` would have set.
     const need = memlockNeed(ramBytes, sims.filter((s) => s.dma === 'pa').length);
     const memlockLimit = sims.some((s) => s.dma === 'pa') && raiseMemlock(need) < need ? need : undefined;
     const d = await startVdpaDaemon({
       dir, memlockLimit,
-      // The pin-time charge (docs/vhost-vdpa-live-update.md §6), on top of the real mlock; one per daemon.
-      pinCostMsPerGib: Math.max(0, ...sims.map((s) => s.pinCostMsPerGib ?? 0)),
-      devices: sims.map((s, i) => ({ name: `vhost-vdpa-${i}`, type: s.type, dma: s.dma, model: s.model, quirks: s.quirks, backing: backing(s, i) })),
+      devices: sims.map(({ kind: _, ...s }, i) => ({ ...s, name: `vdpa${i}`, backing: s.backing ?? disk(s, i) })),
     });
-    daemon = { pid: d.pid, dir: d.dir, args: d.args, restarts: 0, files: sims.flatMap((s, i) => backing(s, i) ?? []) };
+    daemon = { pid: d.pid, dir: d.dir, args: d.args, restarts: 0, files: sims.flatMap((s, i) => disk(s, i) ?? []) };
     simPaths.push(...d.paths);
   }
   return { paths: specs.map((s) => (s.kind === 'path' ? s.path : simPaths.shift()!)), daemon };
@@ -167,7 +161,7 @@ export async function restartDaemonIfGone(vmm: DaemonOwner, waitMs = 0): Promise
   if (!reapChild(d.pid)) reapWhenDone(d.pid);
   const { spawnVdpaDaemon } = await import('../devices/vdpa/launch.js');
   process.stderr.write(`minivmm: vdpa daemon (pid ${d.pid}) is gone; restarting it\n`);
-  const pid = await spawnVdpaDaemon(d.dir, d.args);
+  const { pid } = await spawnVdpaDaemon(d.dir, d.args);
   vmm.daemon = { ...d, pid, restarts: (d.restarts ?? 0) + 1 };
   return true;
 }

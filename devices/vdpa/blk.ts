@@ -4,14 +4,15 @@
 // DISCARD 11, WRITE_ZEROES 13; any other type is IOERR, as in the kernel.
 import { openSync, closeSync, fstatSync, ftruncateSync, readSync, writeSync } from 'node:fs';
 import { SimDevice, type SimProfile } from './sim.js';
-import { popAvail, pushUsed, wantsInterrupt, type Chain } from './virtqueue.js';
+import { popAvail, pushUsed, unpop, wantsInterrupt, type Chain } from './virtqueue.js';
 import { clip } from './net.js';
 import type { Dma, Seg } from './dma.js';
 
 const SECTOR = 512, CHUNK = 64 * 1024, BATCH = 64;
 const T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8, T_DISCARD = 11, T_WRITE_ZEROES = 13;
 const S_OK = 0, S_IOERR = 1, S_UNSUPP = 2;
-const ID = 'vdpa_blk_sim', ID_BYTES = 20; // vdpasim_blk_id, zero-padded to VIRTIO_BLK_ID_BYTES
+const ID_BYTES = 20, ID = Buffer.alloc(ID_BYTES); // vdpasim_blk_id, zero-padded to VIRTIO_BLK_ID_BYTES
+ID.write('vdpa_blk_sim');
 const DWZ_MAX_SECTORS = 0xffffffff; // VDPASIM_BLK_DWZ_MAX_SECTORS (UINT_MAX)
 const RW_MAX_SECTORS = 4096 * 32; // the kernel caps IN/OUT at size_max * seg_max, counted in sectors
 const WRITE_ZEROES_FLAG_UNMAP = 1;
@@ -53,80 +54,93 @@ export class BlkDevice extends SimDevice {
     const { chains, flags } = popAvail(dma, vq, BATCH);
     if (!chains.length) return false;
     const used: number[] = [];
-    for (const c of chains) used.push(c.head, this.request(dma, c));
-    pushUsed(dma, vq, used);
-    if (wantsInterrupt(flags)) this.signal(vq);
-    return chains.length === BATCH;
-  }
-
-  /** One request; returns the number of bytes written to device-writable buffers. */
-  private request(dma: Dma, c: Chain): number {
-    const last = c.in[c.in.length - 1];
-    if (!last || c.outLen < 16) return 0; // malformed: nothing to answer into
-    const statusSeg: Seg = { addr: last.addr + last.len - 1, len: 1 };
-    const dataIn = clip(c.in, c.inLen - 1);
-    const hdr = dma.gather(clip(c.out, 16));
-    let status = S_IOERR, written = 0;
-    if (hdr) {
-      const type = hdr.readUInt32LE(0), sector = Number(hdr.readBigUInt64LE(8));
-      const outData = dropFirst(c.out, 16);
-      const outLen = c.outLen - 16, inLen = c.inLen - 1;
-      // vdpa_sim_blk fails every request but IN and OUT whose header sector isn't 0.
-      if (type !== T_IN && type !== T_OUT && sector !== 0) return this.finish(dma, statusSeg, S_IOERR, 0);
-      switch (type) {
-        case T_IN:
-          if (this.inRange(sector, inLen, RW_MAX_SECTORS)) {
-            if (dma.scatter(dataIn, this.disk.read(sector * SECTOR, inLen))) { status = S_OK; written = inLen; this.counters.blocksRead += inLen / SECTOR; }
-          }
-          break;
-        case T_OUT:
-          if (this.inRange(sector, outLen, RW_MAX_SECTORS)) {
-            const data = dma.gather(outData);
-            if (data) { this.disk.write(sector * SECTOR, data); status = S_OK; this.counters.blocksWritten += outLen / SECTOR; }
-          }
-          break;
-        case T_FLUSH: status = S_OK; break; // RAM: nothing to flush
-        case T_GET_ID: {
-          const id = Buffer.alloc(Math.min(ID_BYTES, inLen));
-          Buffer.from(ID).copy(id);
-          if (dma.scatter(dataIn, id)) { status = S_OK; written = id.length; }
-          break;
-        }
-        case T_DISCARD: case T_WRITE_ZEROES: {
-          // Exactly one struct virtio_blk_discard_write_zeroes {le64 sector, le32 num_sectors,
-          // le32 flags} (max_*_seg is 1); anything else is IOERR.
-          const seg = outLen === 16 ? dma.gather(outData) : null;
-          if (!seg) break;
-          const start = Number(seg.readBigUInt64LE(0)), n = seg.readUInt32LE(8), flags = seg.readUInt32LE(12);
-          // Flags the type doesn't define are UNSUPP (checked before the range, as the kernel does).
-          const allowed = type === T_WRITE_ZEROES ? WRITE_ZEROES_FLAG_UNMAP : 0;
-          if (flags & ~allowed) { status = S_UNSUPP; break; }
-          if (!this.inRange(start, n * SECTOR, DWZ_MAX_SECTORS)) break;
-          // DISCARD keeps the data (the kernel's does too); WRITE_ZEROES, with or without UNMAP, zeroes.
-          if (type === T_WRITE_ZEROES) this.disk.zero(start * SECTOR, n * SECTOR);
-          status = S_OK;
-          break;
-        }
-        default: status = S_IOERR; // vdpa_sim_blk answers unknown types IOERR, not UNSUPP
-      }
+    let handled = 0;
+    for (const c of chains) {
+      const r = this.request(dma, c);
+      used.push(c.head, r.len);
+      if (!r.handled) break; // the kernel stops here until the next kick, without an interrupt for it
+      handled++;
     }
-    return this.finish(dma, statusSeg, status, written);
-  }
-
-  /** Writes the status byte; the used length counts it only if it landed. */
-  private finish(dma: Dma, statusSeg: Seg, status: number, written: number): number {
-    if (!dma.write(statusSeg.addr, Buffer.from([status]))) return written;
-    return written + 1;
+    unpop(vq, chains.length - used.length / 2);
+    pushUsed(dma, vq, used);
+    if (handled && wantsInterrupt(flags)) this.signal(vq);
+    return handled === BATCH;
   }
 
   /**
-   * vdpasim_blk_check_range: the start inside the disk, at most `max` sectors, the end not past it.
-   * Stricter in one way: `len` must be whole sectors (the kernel rounds down, then copies all of it).
+   * One request, as vdpasim_blk_handle_req: returns the used length and whether it was handled
+   * (its status byte written). A request without a device-readable and a device-writable part, a
+   * zero-length last buffer or a header shorter than 16 bytes is completed with length 0 and not
+   * handled; so is one whose status byte found no room (a GET_ID into fewer than 20 data bytes:
+   * the 20-byte ID is pushed over the whole writable part, status byte included).
    */
-  private inRange(start: number, len: number, max: number): boolean {
-    const sectors = this.capacity / SECTOR, n = len / SECTOR;
-    return len % SECTOR === 0 && start < sectors && n <= max && n <= sectors - start;
+  private request(dma: Dma, c: Chain): { len: number; handled: boolean } {
+    const last = c.in[c.in.length - 1];
+    if (!c.out.length || !last || last.len < 1) return { len: 0, handled: false };
+    const hdr = dma.gather(clip(c.out, 16));
+    if (!hdr || hdr.length !== 16) return { len: 0, handled: false };
+    const type = hdr.readUInt32LE(0), sector = Number(hdr.readBigUInt64LE(8));
+    const toPush = c.inLen - 1, toPull = c.outLen - 16;
+    const dataIn = clip(c.in, toPush), dataOut = dropFirst(c.out, 16);
+    let status = S_OK, pushed = 0;
+    // vdpa_sim_blk fails every request but IN and OUT whose header sector isn't 0.
+    if (type !== T_IN && type !== T_OUT && sector !== 0) status = S_IOERR;
+    else switch (type) {
+      case T_IN: {
+        if (!this.rwInRange(sector, toPush)) { status = S_IOERR; break; }
+        if (dma.scatter(dataIn, this.disk.read(sector * SECTOR, toPush))) { pushed = toPush; this.counters.blocksRead += Math.ceil(toPush / SECTOR); } else status = S_IOERR;
+        break;
+      }
+      case T_OUT: {
+        if (!this.rwInRange(sector, toPull)) { status = S_IOERR; break; }
+        const data = dma.gather(dataOut);
+        if (data) { this.disk.write(sector * SECTOR, data); this.counters.blocksWritten += Math.ceil(toPull / SECTOR); } else status = S_IOERR;
+        break;
+      }
+      case T_FLUSH: break; // RAM: nothing to flush
+      case T_GET_ID: {
+        const n = Math.min(ID_BYTES, c.inLen);
+        if (dma.scatter(c.in, ID.subarray(0, n))) pushed = n; else status = S_IOERR;
+        break;
+      }
+      case T_DISCARD: case T_WRITE_ZEROES: {
+        // Exactly one struct virtio_blk_discard_write_zeroes {le64 sector, le32 num_sectors,
+        // le32 flags} (max_*_seg is 1); anything else is IOERR.
+        const seg = toPull === 16 ? dma.gather(dataOut) : null;
+        if (!seg) { status = S_IOERR; break; }
+        const start = Number(seg.readBigUInt64LE(0)), n = seg.readUInt32LE(8), flags = seg.readUInt32LE(12);
+        // Flags the type doesn't define are UNSUPP (checked before the range, as the kernel does).
+        const allowed = type === T_WRITE_ZEROES ? WRITE_ZEROES_FLAG_UNMAP : 0;
+        if (flags & ~allowed) { status = S_UNSUPP; break; }
+        if (!this.inRange(start, n, DWZ_MAX_SECTORS)) { status = S_IOERR; break; }
+        // DISCARD keeps the data (the kernel's does too); WRITE_ZEROES, with or without UNMAP, zeroes.
+        if (type === T_WRITE_ZEROES) this.disk.zero(start * SECTOR, n * SECTOR);
+        break;
+      }
+      default: status = S_IOERR; // vdpa_sim_blk answers unknown types IOERR, not UNSUPP
+    }
+    // The status goes in the last byte, after the unused rest of the data buffers; a GET_ID that
+    // filled them all (and the status byte) leaves no room (the kernel's size_t difference wraps).
+    if (pushed > toPush || !dma.write(last.addr + last.len - 1, Buffer.from([status]))) return { len: pushed, handled: false };
+    return { len: pushed + 1, handled: true };
   }
+
+  /** vdpasim_blk_check_range: the start inside the disk, at most `max` sectors, the end not past it. */
+  private inRange(start: number, sectors: number, max: number): boolean {
+    const capacity = this.capacity / SECTOR;
+    return start < capacity && sectors <= max && sectors <= capacity - start;
+  }
+
+  /**
+   * IN/OUT: the kernel checks the range with the length rounded down to whole sectors, then copies
+   * every byte (a partial sector is served). Where those bytes would run past the disk, its copy
+   * overruns its buffer: refused here (IOERR).
+   */
+  private rwInRange(sector: number, bytes: number): boolean {
+    return this.inRange(sector, Math.floor(bytes / SECTOR), RW_MAX_SECTORS) && sector * SECTOR + bytes <= this.capacity;
+  }
+
+  override destroy(): void { this.disk.close(); }
 }
 
 /** Where a blk device keeps its sectors. */
@@ -134,11 +148,13 @@ export interface Disk {
   read(off: number, len: number): Buffer;
   write(off: number, data: Buffer): void;
   zero(off: number, len: number): void;
+  close(): void;
 }
 
 /** vdpa_sim_blk's storage: RAM, sparse in chunks; gone with the process. */
 export class RamDisk implements Disk {
   private readonly chunks = new Map<number, Buffer>();
+  close(): void { this.chunks.clear(); }
   /** Zeroes [off, off + len): whole chunks are dropped (they read back as zeros), parts cleared. */
   zero(off: number, len: number): void {
     for (let at = 0; at < len;) {
@@ -188,6 +204,7 @@ export class FileDisk implements Disk {
     for (let at = 0; at < data.length;) at += writeSync(this.fd, data, at, data.length - at, off + at);
   }
   zero(off: number, len: number): void { this.write(off, Buffer.alloc(len)); }
+  close(): void { closeSync(this.fd); }
 }
 
 function dropFirst(segs: Seg[], n: number): Seg[] {

@@ -6,27 +6,22 @@
 // (patched model) with the quirk switches of §3.12 (Q1, Q2).
 import { constants } from 'node:os';
 import { readlinkSync } from 'node:fs';
-import { close, pidfdGetfd, pidfdOpen, processVmRead, processVmWrite, open as sysOpen, O_RDWR, O_CLOEXEC } from '../../src/libc.js';
-import { BACKEND_F, IOTLB, VHOST, VHOST_IOTLB_MSG, VHOST_IOTLB_MSG_V2, decodeIotlbMsg, iocDir, iocSize, IOC_WRITE } from '../../src/vhost.js';
+import { close, errnoName, pidfdGetfd, pidfdOpen, processVmRead, processVmWrite, open as sysOpen, O_RDWR, O_CLOEXEC } from '../../src/libc.js';
+import { BACKEND_F, IOTLB, IOTLB_PERM, VHOST, VHOST_IOTLB_MSG, VHOST_IOTLB_MSG_V2, VIRTIO_STATUS, decodeIotlbMsg } from '../../src/vhost.js';
 import { PaDma, VaDma, type BoundMm, type Dma } from './dma.js';
 import { AddressSpace, PAGE, PinLedger, U64_MAX, fileShared, findVma, pinRange, readMaps, unpin, type Entry } from './iotlb.js';
 import { callerOf, memlockPages, sameOwner, type OwnerId } from './owner.js';
 import { NetDevice } from './net.js';
 import { BlkDevice } from './blk.js';
 import type { SimDevice } from './sim.js';
+import { MGMTDEV, type DeviceSpec, type Quirks } from './spec.js';
 
 const E = constants.errno;
 export class Errno extends Error {
-  constructor(readonly errno: number, why = '') { super(`${Object.entries(E).find(([, v]) => v === errno)?.[0] ?? errno}${why ? `: ${why}` : ''}`); }
+  constructor(readonly errno: number, why = '') { super(`${errnoName(errno)}${why ? `: ${why}` : ''}`); }
 }
 const err = (name: keyof typeof E, why?: string) => new Errno(E[name], why);
 
-export interface Quirks { remapLagsOutsideBatch?: boolean; newOwnerRlimitBeforeBusy?: boolean }
-export interface DeviceSpec {
-  name: string; type: 'net' | 'blk'; dma: 'va' | 'pa'; model?: 'no-new-owner'; quirks?: Quirks;
-  /** blk: a file to keep the sectors in (they then survive a daemon restart); RAM by default. */
-  backing?: string;
-}
 
 /** What the event loop provides to a device. */
 export interface DeviceHost {
@@ -37,11 +32,8 @@ export interface DeviceHost {
   log(msg: string): void;
 }
 
-// vhost ioctls vdpa does not list but the vhost core knows (vhost_vring_ioctl): endian, busyloop.
-const VHOST_SET_VRING_ENDIAN = 0x4008af13, VHOST_GET_VRING_ENDIAN = 0x4008af14;
-const VHOST_SET_VRING_BUSYLOOP_TIMEOUT = 0x4008af23, VHOST_GET_VRING_BUSYLOOP_TIMEOUT = 0x4008af24;
 const MAX_MEM_REGIONS = 64;
-const VIRTIO_STATUS_DRIVER_OK = 0x04, VIRTIO_STATUS_FEATURES_OK = 0x08;
+const { DRIVER_OK, FEATURES_OK } = VIRTIO_STATUS;
 /** Bits SET_BACKEND_FEATURES accepts upstream: MSG_V2, BATCH, ASID, SUSPEND, RESUME, ENABLE_AFTER_DRIVER_OK, DESC_ASID, PERSIST. */
 const UPSTREAM_ACCEPTED = 0x1fen;
 
@@ -80,10 +72,13 @@ export class VdpaDevice {
   pinnedPages = 0; // device pinned count (patch 1/7), summed over address spaces
   readonly counters = { opens: 0, releases: 0, ioctls: 0, writes: 0, errors: 0, injected: 0, errnos: {} as Record<string, number> };
   readonly faults = new Map<FaultOp, Fault>();
+  /** `vdpa dev del` has removed the node; the device lives until its file is released. */
+  deleting = false;
   private readonly dmas = new Map<number, Dma>();
 
-  constructor(readonly spec: DeviceSpec, private readonly host: DeviceHost) {
-    this.sim = spec.type === 'net' ? new NetDevice() : new BlkDevice(spec.backing);
+  /** `node`: the file name (vhost-vdpa-N); `ino`: its inode in the daemon's mount. */
+  constructor(readonly spec: DeviceSpec, private readonly host: DeviceHost, readonly node: string, readonly ino: number) {
+    this.sim = spec.type === 'net' ? new NetDevice(spec.mac) : new BlkDevice(spec.backing);
     this.sim.log = (m) => host.log(`${spec.name}: ${m}`);
     this.sim.dmaForAsid = (asid) => this.dmaFor(asid);
     this.useVa = spec.dma === 'va';
@@ -190,7 +185,7 @@ export class VdpaDevice {
       case VHOST.VDPA_SET_CONFIG: this.setConfig(r); return;
       case VHOST.GET_FEATURES: return u64(p.features);
       case VHOST.SET_FEATURES: {
-        if (sim.status & VIRTIO_STATUS_FEATURES_OK) throw err('EBUSY');
+        if (sim.status & FEATURES_OK) throw err('EBUSY');
         if (!sim.setFeatures(r.in.readBigUInt64LE(0))) throw err('EINVAL', 'features rejected by the parent');
         return;
       }
@@ -208,10 +203,10 @@ export class VdpaDevice {
       case VHOST.VDPA_GET_VQS_COUNT: return u32(p.nvqs);
       case VHOST.VDPA_SUSPEND:
         this.failIfInjected('suspend');
-        if (!(sim.status & VIRTIO_STATUS_DRIVER_OK)) return;
+        if (!(sim.status & DRIVER_OK)) return;
         sim.suspend(); return;
       case VHOST.VDPA_RESUME:
-        if (!(sim.status & VIRTIO_STATUS_DRIVER_OK)) return;
+        if (!(sim.status & DRIVER_OK)) return;
         sim.resume(); return;
       case VHOST.GET_BACKEND_FEATURES: return u64(this.advertised);
       case VHOST.NEW_OWNER:
@@ -392,9 +387,9 @@ export class VdpaDevice {
         if (vq.err !== null) this.closeFd(vq.err);
         vq.err = nfd; return;
       }
-      case VHOST_SET_VRING_ENDIAN: case VHOST_GET_VRING_ENDIAN: throw err('ENOTTY');
-      case VHOST_SET_VRING_BUSYLOOP_TIMEOUT: vq.busyloop = num(); return;
-      case VHOST_GET_VRING_BUSYLOOP_TIMEOUT: return; // _IOW-encoded: nothing travels back
+      case VHOST.SET_VRING_ENDIAN: case VHOST.GET_VRING_ENDIAN: throw err('ENOTTY');
+      case VHOST.SET_VRING_BUSYLOOP_TIMEOUT: vq.busyloop = num(); return;
+      case VHOST.GET_VRING_BUSYLOOP_TIMEOUT: return; // _IOW-encoded: nothing travels back
     }
     throw err('ENOTTY'); // -ENOIOCTLCMD
   }
@@ -518,7 +513,8 @@ export class VdpaDevice {
     if (npages + this.host.ledger.get(owner) > memlockPages(owner.pid)) throw err('ENOMEM', `${npages} pages over RLIMIT_MEMLOCK`);
     const base = Number(uaddr & ~BigInt(PAGE - 1));
     let pieces;
-    try { pieces = pinRange(owner.pid, base, npages * PAGE, (perm & 2) !== 0, this.host.pinCostMsPerGib); } catch (e) {
+    const cost = this.spec.pinCostMsPerGib ?? this.host.pinCostMsPerGib;
+    try { pieces = pinRange(owner.pid, base, npages * PAGE, (perm & IOTLB_PERM.WO) !== 0, cost); } catch (e) {
       throw err('EFAULT', (e as Error).message);
     }
     let at = iova & ~BigInt(PAGE - 1);
@@ -561,17 +557,23 @@ export class VdpaDevice {
 
   kick(vq: number): void { this.sim.kick(vq); }
 
+  /** Gone from the table (`vdpa dev del`, released): let go of what the model holds. */
+  destroy(): void { this.sim.destroy(); }
+
   status(): object {
     const sim = this.sim;
     let entries = 0;
     for (const as of this.ases.values()) entries += as.entries.length;
+    const p = sim.profile;
     return {
-      name: this.spec.name, type: this.spec.type, dma: this.spec.dma, model: this.patched ? 'patched' : 'no-new-owner',
+      name: this.spec.name, node: this.node, deleting: this.deleting, mgmtdev: MGMTDEV[this.spec.type],
+      deviceId: p.deviceId, vendorId: 0, maxVqs: p.nvqs, maxVqSize: p.vringMax,
+      type: this.spec.type, dma: this.spec.dma, model: this.patched ? 'patched' : 'no-new-owner',
       quirks: this.quirks,
       open: this.opened,
       owner: this.owner ? { pid: this.owner.pid, fingerprint: this.owner.fingerprint } : null,
       status: sim.status,
-      suspended: !sim.running && (sim.status & VIRTIO_STATUS_DRIVER_OK) !== 0,
+      suspended: !sim.running && (sim.status & DRIVER_OK) !== 0,
       features: `0x${sim.features.toString(16)}`,
       backendFeatures: `0x${this.acked.toString(16)}`,
       advertisedBackendFeatures: `0x${this.advertised.toString(16)}`,
@@ -593,4 +595,3 @@ export class VdpaDevice {
 
 const u32 = (v: number): Buffer => { const b = Buffer.alloc(4); b.writeUInt32LE(v >>> 0); return b; };
 const u64 = (v: bigint): Buffer => { const b = Buffer.alloc(8); b.writeBigUInt64LE(v); return b; };
-export { iocDir, iocSize, IOC_WRITE };

@@ -1,30 +1,27 @@
 // A small host-side virtio driver for the simulated devices, through the vhost-vdpa UAPI only:
 // guest memory in a shared memfd mapped into this process, split rings built in it, one UPDATE,
 // the status walk to DRIVER_OK, kicks and calls through eventfds. Used by the tests and the bench.
-import {
-  close, eventfd, EFD_CLOEXEC, EFD_NONBLOCK, ftruncate, memfdCreate, mmap, munmap, bufferAt, read as sysRead,
-  write as sysWrite, MAP_SHARED, MFD_CLOEXEC, PROT_READ, PROT_WRITE, SyscallError,
-} from '../../src/libc.js';
-import { BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_STATUS, vhost } from '../../src/vhost.js';
+import { close, eventfd, EFD_CLOEXEC, EFD_NONBLOCK, read as sysRead, write as sysWrite, SyscallError } from '../../src/libc.js';
+import { GuestMemory } from '../../src/memory.js';
+import { BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_F, VIRTIO_STATUS, vhost } from '../../src/vhost.js';
 
-export const VIRTIO_F_VERSION_1 = 1n << 32n, VIRTIO_F_ACCESS_PLATFORM = 1n << 33n;
 const F_NEXT = 1, F_WRITE = 2;
 
-/** Guest RAM: a shared memfd mapped here; iova = iovaBase + offset. */
-export class GuestMemory {
+/** The driver's memory: guest RAM (one memfd region, at most 3 GiB) entered at iova = iovaBase + offset. */
+export class DriverMemory {
+  private readonly ram: GuestMemory;
   readonly fd: number; readonly addr: number; readonly buf: Buffer;
   constructor(readonly size: number, readonly iovaBase = 0x40000000) {
-    this.fd = memfdCreate('vdpa-guest-ram', MFD_CLOEXEC);
-    ftruncate(this.fd, size);
-    this.addr = mmap(size, PROT_READ | PROT_WRITE, MAP_SHARED, this.fd);
-    this.buf = bufferAt(this.addr, size);
+    this.ram = GuestMemory.create(size);
+    [{ fd: this.fd, hostAddr: this.addr }] = this.ram.regions;
+    this.buf = this.ram.view(0, size);
   }
   iova(off: number): number { return this.iovaBase + off; }
   /** The IOTLB UPDATE that enters the whole memory. */
   update(fd: number, asid = 0): void {
     vhost.iotlb(fd, { type: IOTLB.UPDATE, iova: BigInt(this.iovaBase), size: BigInt(this.size), uaddr: BigInt(this.addr), perm: IOTLB_PERM.RW, asid });
   }
-  free(): void { munmap(this.addr, this.size); close(this.fd); }
+  free(): void { this.ram.unmap(); close(this.fd); }
 }
 
 export interface BufSpec { off: number; len: number; write: boolean }
@@ -35,7 +32,7 @@ export class DriverRing {
   availIdx = 0; lastUsed = 0;
   private free: number[];
   private chainLen = new Map<number, number[]>();
-  constructor(readonly mem: GuestMemory, readonly off: number, readonly num: number) {
+  constructor(readonly mem: DriverMemory, readonly off: number, readonly num: number) {
     this.desc = off; this.avail = off + 16 * num; this.used = (this.avail + 6 + 2 * num + 3) & ~3;
     this.mem.buf.fill(0, off, this.used + 6 + 8 * num);
     this.free = Array.from({ length: num }, (_, i) => num - 1 - i);
@@ -106,7 +103,7 @@ export interface Queue { ring: DriverRing; kick: number; call: number }
  * Bring a device up: SET_OWNER (unless owned), backend features, UPDATE of `mem`, the status walk
  * with queues configured, DRIVER_OK. Queue rings are laid out at the start of guest memory.
  */
-export function bringUp(fd: number, mem: GuestMemory, nq: number, opts: { num?: number; owner?: boolean; update?: boolean; features?: bigint } = {}): Queue[] {
+export function bringUp(fd: number, mem: DriverMemory, nq: number, opts: { num?: number; owner?: boolean; update?: boolean; features?: bigint } = {}): Queue[] {
   const num = opts.num ?? 256;
   if (opts.owner !== false) vhost.setOwner(fd);
   const offered = vhost.getBackendFeatures(fd);
@@ -114,7 +111,7 @@ export function bringUp(fd: number, mem: GuestMemory, nq: number, opts: { num?: 
   if (opts.update !== false) mem.update(fd);
   vhost.setStatus(fd, VIRTIO_STATUS.ACKNOWLEDGE);
   vhost.setStatus(fd, VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER);
-  vhost.setFeatures(fd, opts.features ?? (VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM));
+  vhost.setFeatures(fd, opts.features ?? (VIRTIO_F.VERSION_1 | VIRTIO_F.ACCESS_PLATFORM));
   vhost.setStatus(fd, VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER | VIRTIO_STATUS.FEATURES_OK);
   const qs: Queue[] = [];
   const stride = (DriverRing.bytes(num) + 4095) & ~4095;

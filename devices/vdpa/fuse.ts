@@ -23,13 +23,16 @@ export const ROOT = 1;
 
 export interface FuseFile { name: string; ino: number; mode: number }
 export interface IoctlIn { tid: number; cmd: number; arg: bigint; in: Buffer; outSize: number; flags: number }
+/** Answers a write() later: the byte count, or an Errno. Does nothing once the writer was interrupted. */
+export type WriteReply = (result: number | Errno) => void;
 
 /** What the file system behind the mount does; methods throw Errno to fail a request. */
 export interface FuseFs {
   files(): FuseFile[];
   open(ino: number, flags: number, tid: number): number; // returns fh
   read(ino: number, fh: number, offset: number, size: number, flags: number, tid: number): Buffer | 'park';
-  write(ino: number, fh: number, data: Buffer, tid: number): number;
+  /** The byte count; or 'park' after taking `later()`, which answers it when the operation completes. */
+  write(ino: number, fh: number, data: Buffer, tid: number, later: () => WriteReply): number | 'park';
   ioctl(ino: number, fh: number, req: IoctlIn): Buffer | undefined;
   release(ino: number, fh: number): void;
   log(msg: string): void;
@@ -51,7 +54,7 @@ export class FuseServer {
   private readonly reqAddr = addressOf(this.req);
   private readonly out = Buffer.alloc(BUF_SIZE);
   private readonly outAddr = addressOf(this.out);
-  private readonly parked = new Set<bigint>(); // blocking reads waiting for INTERRUPT
+  private readonly parked = new Set<bigint>(); // blocking reads and writes (answered on INTERRUPT, or by a WriteReply)
   readonly counters = { requests: 0, errors: 0 };
   private readonly started = Math.floor(Date.now() / 1000);
 
@@ -96,8 +99,8 @@ export class FuseServer {
   private entryOut(f: FuseFile): Buffer {
     const b = Buffer.alloc(128);
     b.writeBigUInt64LE(BigInt(f.ino), 0);
-    b.writeBigUInt64LE(1n, 16); // entry_valid
-    b.writeBigUInt64LE(1n, 24); // attr_valid
+    // entry_valid and attr_valid stay 0: every path walk asks again, so a node removed by
+    // `vdpa dev del` is gone at once and a new one is there at once.
     this.attr(f).copy(b, 40);
     return b;
   }
@@ -155,10 +158,17 @@ export class FuseServer {
         }
         case WRITE: {
           const fh = Number(body.readBigUInt64LE(0)), size = body.readUInt32LE(16);
-          const n = this.fs.write(nodeid, fh, body.subarray(40, 40 + size), tid);
-          const b = Buffer.alloc(8);
-          b.writeUInt32LE(Math.min(n, size), 0);
-          return this.reply(unique, 0, b);
+          const written = (n: number): Buffer => { const b = Buffer.alloc(8); b.writeUInt32LE(Math.min(n, size), 0); return b; };
+          const later = (): WriteReply => {
+            this.parked.add(unique);
+            return (result) => {
+              if (!this.parked.delete(unique)) return; // interrupted: the writer has had EINTR
+              if (result instanceof Errno) this.reply(unique, result.errno); else this.reply(unique, 0, written(result));
+            };
+          };
+          const n = this.fs.write(nodeid, fh, body.subarray(40, 40 + size), tid, later);
+          if (n === 'park') return;
+          return this.reply(unique, 0, written(n));
         }
         case IOCTL: {
           const fh = Number(body.readBigUInt64LE(0)), flags = body.readUInt32LE(8), cmd = body.readUInt32LE(12);

@@ -6,7 +6,7 @@ import { closeSync, openSync, readFileSync, constants as fsc } from 'node:fs';
 import { mlock, mmap, munmap, MAP_SHARED, PROT_READ, PROT_WRITE } from '../../src/libc.js';
 import type { MapView } from './dma.js';
 import { ownerKey, type OwnerId } from './owner.js';
-import { sleepMs } from './sys.js';
+import { fsMagic, sleepMs } from './sys.js';
 
 export const U64_MAX = (1n << 64n) - 1n;
 export const PAGE = 4096;
@@ -52,7 +52,7 @@ export class PinLedger {
   }
 }
 
-export interface Vma { start: number; end: number; shared: boolean; offset: number; inode: number; path: string }
+export interface Vma { start: number; end: number; read: boolean; write: boolean; shared: boolean; offset: number; inode: number; path: string }
 
 /** The owner's mappings, in address order. */
 export function readMaps(pid: number): Vma[] {
@@ -60,7 +60,8 @@ export function readMaps(pid: number): Vma[] {
   for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
     const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) \S+ (\d+)\s*(.*)$/.exec(line);
     if (!m) continue;
-    out.push({ start: parseInt(m[1], 16), end: parseInt(m[2], 16), shared: m[3][3] === 's', offset: parseInt(m[4], 16), inode: Number(m[5]), path: m[6] });
+    const [r, w, , sh] = m[3];
+    out.push({ start: parseInt(m[1], 16), end: parseInt(m[2], 16), read: r === 'r', write: w === 'w', shared: sh === 's', offset: parseInt(m[4], 16), inode: Number(m[5]), path: m[6] });
   }
   return out;
 }
@@ -69,9 +70,16 @@ export const findVma = (maps: Vma[], addr: number): Vma | undefined => maps.find
 /** file-backed, shared (not anonymous private, not a special [..] area). */
 export const fileShared = (v: Vma): boolean => v.shared && v.inode !== 0 && !v.path.startsWith('[');
 
+/** File systems whose shared mappings need no dirty tracking: shmem (memfd, tmpfs, shared anonymous) and hugetlbfs. */
+const NO_DIRTY_TRACKING = new Set([0x01021994 /* TMPFS_MAGIC */, 0x958458f6 /* HUGETLBFS_MAGIC */]);
+
 /**
  * Pin `len` bytes of the owner's memory at `uaddr` (page aligned) the PA way: map the file behind
  * the mapping into the daemon and mlock it. Returns the pieces (one per mapping) or throws.
+ * `writable` is pin_user_pages' FOLL_WRITE (the IOTLB permission has WO): as the kernel's
+ * check_vma_flags, it needs a mapping the owner may write (VM_WRITE) and one that needs no dirty
+ * tracking (a long-term writable pin of a disk file is refused); a read pin needs VM_READ. The
+ * daemon maps the file with the owner's own rights, never root's: read-only unless `writable`.
  */
 export function pinRange(pid: number, uaddr: number, len: number, writable: boolean, costMsPerGib: number): { uaddr: number; len: number; pin: NonNullable<Entry['pin']> }[] {
   const maps = readMaps(pid);
@@ -81,16 +89,15 @@ export function pinRange(pid: number, uaddr: number, len: number, writable: bool
     const end = uaddr + len;
     while (at < end) {
       const v = maps.find((x) => x.start <= at && at < x.end);
-      if (!v || !fileShared(v)) throw new Error(`no pinnable file-backed shared mapping at 0x${at.toString(16)}`);
+      const where = `at 0x${at.toString(16)}`;
+      if (!v || !fileShared(v)) throw new Error(`no pinnable file-backed shared mapping ${where}`);
+      if (writable ? !v.write : !v.read) throw new Error(`the owner's mapping ${where} is not ${writable ? 'writable' : 'readable'}`);
       const n = Math.min(end, v.end) - at;
       const path = `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
-      let fd: number, prot = PROT_READ | PROT_WRITE;
-      try { fd = openSync(path, fsc.O_RDWR); } catch {
-        if (writable) throw new Error(`cannot open ${path} for writing`);
-        fd = openSync(path, fsc.O_RDONLY); prot = PROT_READ;
-      }
+      const fd = openSync(path, writable ? fsc.O_RDWR : fsc.O_RDONLY);
       try {
-        const addr = mmap(n, prot, MAP_SHARED, fd, v.offset + (at - v.start));
+        if (writable && !NO_DIRTY_TRACKING.has(fsMagic(fd))) throw new Error(`the mapping ${where} needs dirty tracking (not shmem or hugetlbfs): no long-term writable pin`);
+        const addr = mmap(n, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, v.offset + (at - v.start));
         try { mlock(addr, n); } catch (e) { munmap(addr, n); throw e; }
         pieces.push({ uaddr: at, len: n, pin: { addr, len: n, pages: n / PAGE } });
       } finally { closeSync(fd); }

@@ -8,16 +8,11 @@ import { dirname, join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import { umount2, MNT_DETACH, processAlive } from '../../src/libc.js';
 import type { FaultOp } from './device.js';
+import { formatDeviceSpec, type DeviceSpec, type Quirks } from './spec.js';
 
-export interface VdpaQuirks { remapLagsOutsideBatch?: boolean; newOwnerRlimitBeforeBusy?: boolean }
-export interface VdpaDeviceOptions {
-  name: string; type: 'net' | 'blk'; dma: 'va' | 'pa'; model?: 'no-new-owner'; quirks?: VdpaQuirks;
-  /** blk: keep the sectors in this file (they survive a daemon restart). */
-  backing?: string;
-}
 export interface StartVdpaOptions {
   dir: string;
-  devices: VdpaDeviceOptions[];
+  devices: DeviceSpec[];
   pinCostMsPerGib?: number;
   /** RLIMIT_MEMLOCK to assume for every caller (bytes), where the real one cannot be raised. */
   memlockLimit?: bigint;
@@ -29,8 +24,10 @@ export interface StartVdpaOptions {
 
 export interface VqStatus { num: number; enabled: boolean; last_avail: number; used_idx: number }
 export interface DeviceStatus {
-  name: string; type: 'net' | 'blk'; dma: 'va' | 'pa'; model: 'patched' | 'no-new-owner';
-  quirks: Required<VdpaQuirks>;
+  name: string; node: string; deleting: boolean;
+  mgmtdev: string; deviceId: number; vendorId: number; maxVqs: number; maxVqSize: number;
+  type: 'net' | 'blk'; dma: 'va' | 'pa'; model: 'patched' | 'no-new-owner';
+  quirks: Required<Quirks>;
   open: boolean;
   owner: { pid: number; fingerprint: string } | null;
   status: number;
@@ -52,12 +49,18 @@ export interface DeviceStatus {
 export interface DaemonStatus {
   pid: number; dir: string; pinCostMsPerGib: number;
   fuse: { requests: number; errors: number };
+  /** `vdpa dev` commands waiting behind a del of an open device (manage.ts). */
+  control: { commands: number; del: string | null };
   /** Pinned pages per address space (pid + fingerprint): the VmPin figure of that image. */
   vmPin: { pid: number; fingerprint: string; pages: number }[];
   devices: DeviceStatus[];
 }
 export interface VdpaDaemon {
-  pid: number; dir: string; paths: string[];
+  pid: number; dir: string;
+  /** The node of every device, in the order given (DIR/vhost-vdpa-N). */
+  paths: string[];
+  /** The node of the device named `name`. */
+  pathOf(name: string): string;
   /** Its command-line arguments (spawnVdpaDaemon restarts it with them). */
   args: string[];
   stop(): Promise<void>;
@@ -76,14 +79,7 @@ export function daemonScript(): string {
 
 export function daemonArgs(o: StartVdpaOptions): string[] {
   const args = ['--dir', o.dir];
-  for (const d of o.devices) {
-    const opts: string[] = [d.type, d.dma];
-    if (d.model) opts.push(d.model);
-    if (d.quirks?.remapLagsOutsideBatch) opts.push('remapLagsOutsideBatch');
-    if (d.quirks?.newOwnerRlimitBeforeBusy) opts.push('newOwnerRlimitBeforeBusy');
-    if (d.backing) opts.push(`backing=${resolve(d.backing)}`);
-    args.push('--device', `${d.name}=${opts.join(',')}`);
-  }
+  for (const d of o.devices) args.push('--dev', formatDeviceSpec({ ...d, backing: d.backing && resolve(d.backing) }));
   if (o.pinCostMsPerGib !== undefined) args.push('--pin-cost-ms-per-gib', String(o.pinCostMsPerGib));
   if (o.memlockLimit !== undefined) args.push('--memlock-limit', String(o.memlockLimit));
   return args;
@@ -116,10 +112,11 @@ export async function stopVdpaDaemon(pid: number, dir: string, graceMs = 5000): 
 export async function startVdpaDaemon(o: StartVdpaOptions): Promise<VdpaDaemon> {
   const dir = resolve(o.dir);
   const args = daemonArgs({ ...o, dir });
-  const pid = await spawnVdpaDaemon(dir, args, o.logFile, o.timeoutMs);
+  const { pid, nodes } = await spawnVdpaDaemon(dir, args, o.logFile, o.timeoutMs);
   return {
     pid, dir, args,
-    paths: o.devices.map((d) => join(dir, d.name)),
+    paths: o.devices.map((d) => join(dir, nodes.get(d.name)!)),
+    pathOf: (name) => join(dir, nodes.get(name) ?? `(no device ${name})`),
     status: () => readDaemonStatus(dir),
     async stop() { await stopVdpaDaemon(pid, dir); },
   };
@@ -129,16 +126,17 @@ export async function startVdpaDaemon(o: StartVdpaOptions): Promise<VdpaDaemon> 
 export const defaultDaemonLog = (dir: string): string => join(tmpdir(), `minivmm-vdpa-${dir.replace(/[^A-Za-z0-9]+/g, '_')}.log`);
 
 /**
- * Starts the daemon with `args` (daemonArgs) and waits for `ready`; returns its pid. Also how a
- * VMM restarts a daemon that died: the same arguments, the same mount point (the daemon detaches
- * the dead mount first).
+ * Starts the daemon with `args` (daemonArgs) and waits for `ready`; returns its pid and the node
+ * of each device by name. Also how a VMM restarts a daemon that died: the same arguments, the same
+ * mount point (the daemon detaches the dead mount first).
  */
-export async function spawnVdpaDaemon(dir: string, args: string[], logFile?: string, timeoutMs = 15000): Promise<number> {
+export async function spawnVdpaDaemon(dir: string, args: string[], logFile?: string, timeoutMs = 15000): Promise<{ pid: number; nodes: Map<string, string> }> {
   const logPath = logFile ?? defaultDaemonLog(dir);
   const logFd = openSync(logPath, 'a');
   const child = spawn(process.execPath, [daemonScript(), ...args], { detached: true, stdio: ['ignore', 'pipe', logFd] });
   closeSync(logFd);
   const pid = child.pid!;
+  const nodes = new Map<string, string>();
   await new Promise<void>((res, rej) => {
     let out = '';
     const timer = setTimeout(() => fail(new Error(`vdpa daemon did not become ready in ${timeoutMs} ms (log: ${logPath})`)), timeoutMs);
@@ -150,10 +148,12 @@ export async function spawnVdpaDaemon(dir: string, args: string[], logFile?: str
     });
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
-      if (out.includes('ready\n')) { clearTimeout(timer); child.removeAllListeners('exit'); res(); }
+      if (!out.includes('ready\n')) return;
+      for (const m of out.matchAll(/^node (\S+) (vhost-vdpa-\d+)$/gm)) nodes.set(m[1], m[2]);
+      clearTimeout(timer); child.removeAllListeners('exit'); res();
     });
   });
   child.stdout!.destroy();
   child.unref();
-  return pid;
+  return { pid, nodes };
 }

@@ -4,9 +4,9 @@ import type { Dma } from './dma.js';
 import { Vq, RingError } from './virtqueue.js';
 import { writeRaw } from './sys.js';
 import { addressOf } from '../../src/libc.js';
+import { VIRTIO_F, VIRTIO_STATUS } from '../../src/vhost.js';
 
-export const VIRTIO_F_ANY_LAYOUT = 27n, VIRTIO_F_VERSION_1 = 32n, VIRTIO_F_ACCESS_PLATFORM = 33n;
-export const STATUS_DRIVER_OK = 0x04;
+const { DRIVER_OK } = VIRTIO_STATUS;
 
 export interface SimProfile {
   deviceId: number;
@@ -52,7 +52,8 @@ export abstract class SimDevice {
   }
 
   dmaFor(vq: number): Dma { return this.dmaForAsid(this.groupAsid[this.profile.vqGroup(vq)] ?? 0); }
-  has(bit: bigint): boolean { return ((this.features >> bit) & 1n) === 1n; }
+  /** Whether the driver negotiated the feature `mask`. */
+  has(mask: bigint): boolean { return (this.features & mask) !== 0n; }
 
   /** vdpasim_do_reset. */
   reset(): void {
@@ -61,10 +62,10 @@ export abstract class SimDevice {
     this.features = 0n; this.status = 0;
     this.groupAsid.fill(0);
   }
-  setStatus(s: number): void { this.status = s; this.running = (s & STATUS_DRIVER_OK) !== 0; }
+  setStatus(s: number): void { this.status = s; this.running = (s & DRIVER_OK) !== 0; }
   /** vdpasim_set_driver_features: DMA mapping must be done by the driver. */
   setFeatures(f: bigint): boolean {
-    if (((f >> VIRTIO_F_ACCESS_PLATFORM) & 1n) === 0n) return false;
+    if ((f & VIRTIO_F.ACCESS_PLATFORM) === 0n) return false;
     this.features = f & this.profile.features;
     return true;
   }
@@ -82,7 +83,7 @@ export abstract class SimDevice {
   /** vdpasim_kick_vq: deferred while suspended after DRIVER_OK. Returns whether work is due. */
   kick(i: number): void {
     this.counters.kicks++;
-    if (!this.running && (this.status & STATUS_DRIVER_OK)) { this.pendingKick = true; return; }
+    if (!this.running && (this.status & DRIVER_OK)) { this.pendingKick = true; return; }
     if (this.vqs[i]?.ready) this.schedule();
   }
   kickAll(): void { for (let i = 0; i < this.vqs.length; i++) this.kick(i); }
@@ -93,18 +94,24 @@ export abstract class SimDevice {
   /** Run the device; returns true if it stopped early and wants to run again. */
   run(): boolean {
     this.workPending = false;
-    if (!this.running || !(this.status & STATUS_DRIVER_OK)) return false;
+    if (!this.running || !(this.status & DRIVER_OK)) return false;
     try {
       return this.work();
     } catch (e) {
-      this.counters.ringErrors++;
-      this.lastRingError = (e as Error).message;
-      if (!(e instanceof RingError)) this.log(`device work failed: ${(e as Error).stack}`);
-      else this.log(`ring error: ${(e as Error).message}`);
+      if (e instanceof RingError) this.ringError(e.message);
+      else { this.counters.ringErrors++; this.lastRingError = (e as Error).message; this.log(`device work failed: ${(e as Error).stack}`); }
       return false;
     }
   }
   protected abstract work(): boolean;
+  /** A ring the device gave up on for this run (what vringh_bad logs); counted, and shown in the status. */
+  protected ringError(msg: string): void {
+    this.counters.ringErrors++;
+    this.lastRingError = msg;
+    this.log(`ring error: ${msg}`);
+  }
+  /** The device is deleted: release what it holds (a disk file). */
+  destroy(): void {}
 
   signal(vq: Vq): void {
     if (vq.callFd === null) return;

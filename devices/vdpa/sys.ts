@@ -100,3 +100,10 @@ export function epollAddFlags(epfd: number, fd: number, token: number, events: n
   ev.writeBigUInt64LE(BigInt(token >>> 0), 4);
   sys('epoll_ctl(ADD)', 'epoll_ctl', [T.I32, T.I32, T.I32, T.U8Array], [epfd, EPOLL_CTL_ADD, fd, ev], T.I32);
 }
+
+/** f_type of the file system an fd lives on (fstatfs; struct statfs starts with a long f_type). */
+export function fsMagic(fd: number): number {
+  const st = Buffer.alloc(120);
+  sys('fstatfs', 'fstatfs', [T.I32, T.U8Array], [fd, st], T.I32);
+  return Number(st.readBigInt64LE(0));
+}

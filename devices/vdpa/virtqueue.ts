@@ -49,6 +49,9 @@ export function popAvail(dma: Dma, vq: Vq, max: number): { chains: Chain[]; flag
   return { chains, flags };
 }
 
+/** Gives back the last `n` chains popAvail took (the device stopped before them). */
+export function unpop(vq: Vq, n: number): void { vq.lastAvail = (vq.lastAvail - n) & 0xffff; }
+
 function walk(table: Buffer, head: number, num: number): Chain {
   const c: Chain = { head, out: [], in: [], outLen: 0, inLen: 0 };
   let i = head;

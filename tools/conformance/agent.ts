@@ -87,8 +87,8 @@ export class Agent {
     try {
       return { r: 'ok', v: f.apply(this, args) };
     } catch (e) {
-      // errno 95 and 11 have two names each; docs/vhost-vdpa-live-update.md (and the kernel headers' users) say EOPNOTSUPP, EAGAIN
-      if (e instanceof libc.SyscallError) return { r: e.errno === 95 ? 'EOPNOTSUPP' : e.errno === 11 ? 'EAGAIN' : e.code, v: e.message };
+      // e.code is the kernel's spelling where two names share a number (EOPNOTSUPP, EAGAIN): src/libc.ts errnoName
+      if (e instanceof libc.SyscallError) return { r: e.code, v: e.message };
       return { r: 'EHARNESS', v: (e as Error).stack ?? String(e) };
     }
   }
@@ -147,10 +147,10 @@ export class Agent {
       this.mem.set(name, { fd, size, addr, off: 0 });
       return addr;
     },
-    /** Map memfd `name` (again) at a new address; returns it. */
-    map(this: Agent, name: string): number {
+    /** Map memfd `name` (again) at a new address, read-only with `ro`; returns it. */
+    map(this: Agent, name: string, ro = false): number {
       const m = this.region(name);
-      m.addr = libc.mmap(m.size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, m.fd, 0);
+      m.addr = libc.mmap(m.size, ro ? libc.PROT_READ : libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, m.fd, 0);
       return m.addr;
     },
     unmap(this: Agent, name: string): void { const m = this.region(name); libc.munmap(m.addr, m.size); m.addr = 0; },
@@ -205,6 +205,15 @@ export class Agent {
       return null;
     },
     kickAll(this: Agent): void { for (const q of vq.queuesOf(this.cfg.kind)) vq.kick(this.kicks()[q]); },
+    kick(this: Agent, q: number): void { vq.kick(this.kicks()[q]); },
+    /** Post chains of ring-memory buffers on queue q (no kick); returns their heads. */
+    post(this: Agent, q: number, chains: vq.Seg[][]): number[] { const r = this.vring(); return chains.map((segs) => vq.post(r, q, segs)); },
+    /** Wait until queue q's used index is `target` (mod 2^16); returns whether it got there. */
+    waitUsed(this: Agent, q: number, target: number, timeoutMs = 3000): boolean { return vq.waitUsed(this.vring(), q, target, timeoutMs); },
+    /** Used element i (a running index) of queue q. */
+    usedElem(this: Agent, q: number, i: number): { id: number; len: number } { return vq.usedElem(this.vring(), q, i); },
+    /** Read (and so reset) queue q's call eventfd: how many times the device signalled. */
+    drainCall(this: Agent, q: number): number { return vq.drain(this.calls()[q]); },
     /** open() of the node by a second fd, closed at once; returns the fd number it got. */
     tryOpen(this: Agent): number { const fd = libc.open(this.cfg.device, libc.O_RDWR | libc.O_CLOEXEC); libc.close(fd); return fd; },
     send(this: Agent, n: number): vq.Pending { return vq.send(this.cfg.kind, this.vring(), this.kicks(), n); },

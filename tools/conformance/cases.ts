@@ -2,12 +2,12 @@
 // the item's number there (a new case takes the next free number and gets its item, §7.10).
 // Every case starts with the device closed and leaves it closed (Ctx.dispose closes every role).
 // Expectations are errno names as userspace sees them; "ok" for a write() means it returned 72.
-import { BACKEND_F, IOTLB, VHOST, VIRTIO_STATUS as S } from '../../src/vhost.js';
+import { BACKEND_F, IOTLB, IOTLB_PERM, VHOST, VIRTIO_F, VIRTIO_STATUS as S } from '../../src/vhost.js';
 import type { Op } from './agent.js';
 import { Case, Ctx, Fail } from './harness.js';
 import type { DeviceInfo } from './probe.js';
 import type { ChildPeer, Peer } from './peers.js';
-import { RING_MEM, wantedFeatures } from './virtq.js';
+import { RING_MEM, SCRATCH, wantedFeatures, type Seg } from './virtq.js';
 
 const PAGE = 4096, MiB = 1 << 20;
 const V = (name: string, ...a: unknown[]): Op => ['v', name, ...a];
@@ -112,6 +112,87 @@ async function restart(c: Ctx, x: Peer, how: 'reset' | 'resume', bases: number[]
   else { await c.ok(x, 'rewire'); await c.ok(x, V('resume')); }
 }
 const resumeOrReset = (c: Ctx): 'reset' | 'resume' => (has(c.dev, F.SUSPEND) && has(c.dev, F.RESUME) ? 'resume' : 'reset');
+
+
+// ---- device-model cases (77-82): traffic laid out by the case in the scratch area of the ring memory ----
+const BUF = 0x2000; // 8 KiB per buffer: RX at SCRATCH, TX after 8 RX buffers
+const rxOff = (i: number) => SCRATCH + i * BUF, txOff = (i: number) => SCRATCH + (8 + i) * BUF;
+const bytes = (v: unknown): Buffer => Buffer.from(v as string, 'hex');
+const BCAST = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+/** The net header's length: virtio_net_hdr_v1 (12) with VERSION_1, else 10. */
+const netHdr = (c: Ctx) => ((c.dev.features & VIRTIO_F.VERSION_1) ? 12 : 10);
+/** A zeroed net header and an Ethernet frame to `dst` of `len` bytes, payload tagged by `tag`. */
+function ethFrame(c: Ctx, dst: number[] | Buffer, len = 64, tag = 0): Buffer {
+  const f = Buffer.alloc(netHdr(c) + len), h = netHdr(c);
+  Buffer.from(dst).copy(f, h);
+  Buffer.from([0x02, 0, 0, 0, 0, 0x01]).copy(f, h + 6);
+  f.writeUInt16BE(0x88b5, h + 12);
+  for (let i = h + 14; i < f.length; i++) f[i] = (tag * 37 + i) & 0xff;
+  return f;
+}
+/** The device's MAC (config bytes 0..5) when it offers VIRTIO_NET_F_MAC, else zeros. */
+async function macOf(c: Ctx, p: Peer): Promise<Buffer> {
+  if (!(c.dev.features & (1n << 5n))) return Buffer.alloc(6);
+  const v = await c.ok(p, V('getConfig', 0, 6));
+  return Buffer.from((v as { data?: number[] }).data ?? (v as Buffer));
+}
+/** Lay out buffers and post them as one-buffer chains on queue q, without a kick; returns the heads. */
+async function postBufs(c: Ctx, p: Peer, q: number, bufs: { off: number; data?: Buffer; len?: number; write: boolean }[]): Promise<number[]> {
+  for (const b of bufs) if (b.data) await c.ok(p, 'fill', 'ring', b.off, b.data.toString('hex'));
+  return c.ok(p, 'post', q, bufs.map((b) => [{ off: b.off, len: b.len ?? b.data!.length, write: b.write }]));
+}
+async function waitUsedOr(c: Ctx, p: Peer, q: number, target: number, what: string): Promise<void> {
+  if (!(await c.ok(p, 'waitUsed', q, target))) throw new Fail(`${what}: queue ${q} used index ${(await c.ok(p, 'usedIdx'))[q]}, want ${target & 0xffff}`);
+}
+/**
+ * Sends `frames` and then a broadcast marker on TX with one kick, with an RX buffer for each frame
+ * in `rx` (what RX should receive, in order) and one for the marker. Every TX chain must complete
+ * with length 0; RX must hold exactly `rx` and the marker.
+ */
+async function netExchange(c: Ctx, p: Peer, frames: Buffer[], rx: Buffer[]): Promise<void> {
+  const marker = ethFrame(c, BCAST, 60, 0xee);
+  const [rx0, tx0] = await c.ok(p, 'usedIdx') as number[];
+  const heads = await postBufs(c, p, RXQ, [...rx, marker].map((_, i) => ({ off: rxOff(i), len: BUF, write: true })));
+  const all = [...frames, marker];
+  await postBufs(c, p, TXQ, all.map((data, i) => ({ off: txOff(i), data, write: false })));
+  await c.ok(p, 'kick', TXQ);
+  await waitUsedOr(c, p, TXQ, tx0 + all.length, 'TX not completed');
+  for (let i = 0; i < all.length; i++) {
+    const e = await c.ok(p, 'usedElem', TXQ, tx0 + i);
+    c.check(e.len === 0, `TX chain ${i} completed with length ${e.len}, want 0`);
+  }
+  const done = await c.ok(p, 'waitUsed', RXQ, rx0 + rx.length + 1);
+  const got: Buffer[] = [];
+  for (let i = rx0; i !== (await c.ok(p, 'usedIdx'))[RXQ]; i = (i + 1) & 0xffff) {
+    const e = await c.ok(p, 'usedElem', RXQ, i);
+    got.push(bytes(await c.ok(p, 'peek', 'ring', rxOff(heads.indexOf(e.id)), e.len)));
+  }
+  const name = (b: Buffer) => (b.equals(marker) ? 'the marker' : `a ${b.length}-byte frame to ${b.subarray(netHdr(c), netHdr(c) + 6).toString('hex')}`);
+  const want = [...rx, marker];
+  c.check(done && got.length === want.length && got.every((b, i) => b.equals(want[i])),
+    `RX got [${got.map(name).join(', ')}], want [${want.map(name).join(', ')}]`);
+}
+const RXQ = 0, TXQ = 1;
+/** One virtio-blk request laid out at `off`: header, data (out or in), status byte. */
+function blkReq(type: number, sector: number, off: number, data: { out?: Buffer; inLen?: number }): { segs: Seg[]; fill: Buffer; statusOff: number; dataOff: number } {
+  const hdr = Buffer.alloc(16);
+  hdr.writeUInt32LE(type, 0); hdr.writeBigUInt64LE(BigInt(sector), 8);
+  const dataOff = off + 16, dataLen = data.out?.length ?? data.inLen ?? 0, statusOff = dataOff + dataLen;
+  const segs: Seg[] = [{ off, len: 16, write: false }];
+  if (dataLen) segs.push({ off: dataOff, len: dataLen, write: !data.out });
+  segs.push({ off: statusOff, len: 1, write: true });
+  const fill = Buffer.concat([hdr, data.out ?? Buffer.alloc(dataLen), Buffer.from([0xff])]);
+  return { segs, fill, statusOff, dataOff };
+}
+/** Posts blk requests (without a kick); returns them. */
+async function postBlk(c: Ctx, p: Peer, reqs: ReturnType<typeof blkReq>[]): Promise<ReturnType<typeof blkReq>[]> {
+  for (const r of reqs) await c.ok(p, 'fill', 'ring', r.segs[0].off, r.fill.toString('hex'));
+  await c.ok(p, 'post', 0, reqs.map((r) => r.segs));
+  return reqs;
+}
+const T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8;
+const needNet = (d: DeviceInfo) => (d.kind === 'net' ? null : `a net case (device id ${d.id})`);
+const needBlk = (d: DeviceInfo) => (d.kind === 'blk' ? null : `a blk case (device id ${d.id})`);
 
 export const cases: Case[] = [
   // ---- §7.2 open, ownership, dispatch ----
@@ -832,4 +913,113 @@ export const cases: Case[] = [
     c.check(f.device === 1 && f.memfd === 1, `device fds ${f.device}, memfds ${f.memfd}; want 1 and 1`);
     return `${f.total} fds in the new image (1 device, 1 memfd)`;
   } },
+
+  // ---- the device model: vdpa_sim's net and blk (the suite's traffic already assumes their loop-back) ----
+  { id: 77, title: 'net receive filter: short and foreign-unicast frames dropped, broadcast/multicast/own MAC looped', tags: ['U'], needs: needNet, run: async (c) => {
+    const a = await c.a();
+    await bringUp(c, a);
+    const mac = await macOf(c, a);
+    const other = Buffer.from(mac); other[0] ^= 0x02; // unicast, differs in the first byte
+    const pass = [ethFrame(c, BCAST, 64, 1), ethFrame(c, [0x01, 0x00, 0x5e, 0, 0, 1], 64, 2), ethFrame(c, mac, 64, 3)];
+    await netExchange(c, a, pass, pass);
+    const short = ethFrame(c, BCAST, 64, 4).subarray(0, netHdr(c) + 5);
+    await netExchange(c, a, [short, ethFrame(c, other, 64, 5)], []);
+    if (mac.some((b) => b !== 0)) return `MAC ${mac.toString('hex')}`;
+    // strncmp() stops at the first zero byte: with the all-zero MAC, any destination starting with 00 passes.
+    const zeroFirst = ethFrame(c, [0x00, 0x11, 0x22, 0x33, 0x44, 0x55], 64, 6);
+    await netExchange(c, a, [zeroFirst], [zeroFirst]);
+    return 'all-zero MAC: 00:11:22:33:44:55 passes too (strncmp)';
+  } },
+  { id: 78, title: 'net TX frame of 5000 bytes: RX gets its first 4096', tags: ['U'], needs: needNet, run: async (c) => {
+    const a = await c.a();
+    await bringUp(c, a);
+    const big = ethFrame(c, BCAST, 5000 - netHdr(c), 7);
+    await netExchange(c, a, [big], [big.subarray(0, 4096)]);
+  } },
+  { id: 79, title: 'net RX overrun: the frame without an RX buffer is dropped, the next waits for a kick', tags: ['U'], needs: needNet, run: async (c) => {
+    const a = await c.a();
+    await bringUp(c, a);
+    const [rx0, tx0] = await c.ok(a, 'usedIdx') as number[];
+    const f = [1, 2, 3].map((n) => ethFrame(c, BCAST, 64, 10 + n));
+    const rxHeads = await postBufs(c, a, RXQ, [{ off: rxOff(0), len: BUF, write: true }]);
+    await postBufs(c, a, TXQ, f.map((data, i) => ({ off: txOff(i), data, write: false })));
+    await c.ok(a, 'kick', TXQ);
+    await waitUsedOr(c, a, TXQ, tx0 + 2, 'frames 1 and 2');
+    await waitUsedOr(c, a, RXQ, rx0 + 1, 'frame 1 on RX');
+    await c.ok(a, 'sleep', 150);
+    const [, tx1] = await c.ok(a, 'usedIdx') as number[];
+    c.check(tx1 === ((tx0 + 2) & 0xffff), `TX used index ${tx1} after the overrun: frame 3 should wait for the next kick (want ${(tx0 + 2) & 0xffff})`);
+    rxHeads.push(...await postBufs(c, a, RXQ, [{ off: rxOff(1), len: BUF, write: true }]));
+    await c.ok(a, 'kick', RXQ);
+    await waitUsedOr(c, a, TXQ, tx0 + 3, 'frame 3 after the kick');
+    await waitUsedOr(c, a, RXQ, rx0 + 2, 'frame 3 on RX');
+    const got: Buffer[] = [];
+    for (const i of [rx0, rx0 + 1]) { const e = await c.ok(a, 'usedElem', RXQ, i); got.push(bytes(await c.ok(a, 'peek', 'ring', rxOff(rxHeads.indexOf(e.id)), e.len))); }
+    c.check(got[0].equals(f[0]) && got[1].equals(f[2]), `RX got frames ${got.map((g) => f.findIndex((x) => x.equals(g)) + 1)}, want 1 and 3 (2 lost)`);
+  } },
+  { id: 80, title: 'blk IN/OUT of a partial sector: served, every byte copied', tags: ['U'], needs: needBlk, run: async (c) => {
+    const a = await c.a();
+    await bringUp(c, a);
+    const [u0] = await c.ok(a, 'usedIdx') as number[];
+    const P = Buffer.alloc(512, 0x5a), Q = Buffer.alloc(100, 0xc3);
+    const reqs = await postBlk(c, a, [
+      blkReq(T_OUT, 1000, SCRATCH, { out: P }), blkReq(T_OUT, 1000, SCRATCH + 0x1000, { out: Q }),
+      blkReq(T_IN, 1000, SCRATCH + 0x2000, { inLen: 300 }), blkReq(T_IN, 1000, SCRATCH + 0x3000, { inLen: 600 }),
+    ]);
+    await c.ok(a, 'kick', 0);
+    await waitUsedOr(c, a, 0, u0 + 4, 'four requests');
+    const lens = [], statuses = [];
+    for (let i = 0; i < 4; i++) {
+      lens.push((await c.ok(a, 'usedElem', 0, u0 + i)).len);
+      statuses.push(bytes(await c.ok(a, 'peek', 'ring', reqs[i].statusOff, 1))[0]);
+    }
+    c.check(statuses.every((x) => x === 0), `statuses ${statuses}, want 0 0 0 0 (a partial sector is served)`);
+    c.check(eq(lens, [1, 1, 301, 601]), `used lengths ${lens}, want 1,1,301,601`);
+    const read = bytes(await c.ok(a, 'peek', 'ring', reqs[2].dataOff, 300));
+    c.check(read.equals(Buffer.concat([Q, P.subarray(100, 300)])), 'the 300 bytes read are not the 100 written over the sector written before');
+  } },
+  { id: 81, title: 'blk GET_ID into 8 bytes: the ID runs over the status byte, no interrupt, the queue waits', tags: ['U'], needs: needBlk, run: async (c) => {
+    const a = await c.a();
+    await bringUp(c, a);
+    const [u0] = await c.ok(a, 'usedIdx') as number[];
+    const [full] = await postBlk(c, a, [blkReq(T_GET_ID, 0, SCRATCH, { inLen: 20 })]);
+    await c.ok(a, 'kick', 0);
+    await waitUsedOr(c, a, 0, u0 + 1, 'GET_ID into 20 bytes');
+    const id = bytes(await c.ok(a, 'peek', 'ring', full.dataOff, 20));
+    c.check((await c.ok(a, 'usedElem', 0, u0)).len === 21, 'GET_ID into 20 bytes: used length not 21');
+    await c.ok(a, 'drainCall', 0);
+    const [short, flush] = await postBlk(c, a, [blkReq(T_GET_ID, 0, SCRATCH + 0x1000, { inLen: 8 }), blkReq(T_FLUSH, 0, SCRATCH + 0x2000, {})]);
+    await c.ok(a, 'kick', 0);
+    await waitUsedOr(c, a, 0, u0 + 2, 'GET_ID into 8 bytes');
+    const e = await c.ok(a, 'usedElem', 0, u0 + 1);
+    const got = bytes(await c.ok(a, 'peek', 'ring', short.dataOff, 9));
+    c.check(e.len === 9 && got.equals(id.subarray(0, 9)), `used length ${e.len}, bytes ${got.toString('hex')}; want 9 and the ID's first 9 bytes ${id.subarray(0, 9).toString('hex')} (status byte included)`);
+    await c.ok(a, 'sleep', 150);
+    c.check((await c.ok(a, 'usedIdx'))[0] === ((u0 + 2) & 0xffff), 'the FLUSH after it completed without another kick');
+    c.check(await c.ok(a, 'drainCall', 0) === 0, 'the short GET_ID was signalled');
+    await c.ok(a, 'kick', 0);
+    await waitUsedOr(c, a, 0, u0 + 3, 'the FLUSH after a kick');
+    c.check(bytes(await c.ok(a, 'peek', 'ring', flush.statusOff, 1))[0] === 0, 'FLUSH status not OK');
+    c.check(await c.ok(a, 'drainCall', 0) > 0, 'the FLUSH was not signalled');
+    return `ID ${JSON.stringify(id.toString('latin1').replace(/\0+$/, ''))}`;
+  } },
+  { id: 82, title: 'UPDATE with write permission over a read-only mapping: PA EFAULT, nothing pinned; VA entered', tags: ['U'],
+    needs: (d) => (d.mode ? null : 'needs the mode (VA or PA) determined'), run: async (c) => {
+      const a = await c.a();
+      await own(c, a);
+      await c.ok(a, 'memfd', 'm', 4 * PAGE);
+      await c.ok(a, 'map', 'm', true); // a second mapping of it, PROT_READ: the one the UPDATEs name
+      if (c.dev.mode === 'va') {
+        await c.ok(a, UPD(X(c), 4 * PAGE, 'm', { perm: IOTLB_PERM.RW }));
+        await c.expect(a, 'EFAULT', UPD(X(c), 4 * PAGE, 'm', { perm: IOTLB_PERM.WO }));
+        return 'VA: entered (permissions are checked at DMA time), a second UPDATE overlaps';
+      }
+      const p0 = c.dev.pins.kind !== 'none' ? await pins(c, a) : null;
+      await c.expect(a, 'EFAULT', UPD(X(c), 4 * PAGE, 'm', { perm: IOTLB_PERM.RW }));
+      await c.expect(a, 'EFAULT', UPD(X(c), 4 * PAGE, 'm', { perm: IOTLB_PERM.WO }));
+      if (p0 !== null) { const p1 = await pins(c, a); c.check(p1 === p0, `VmPin ${p0} -> ${p1} KiB after refused UPDATEs`); }
+      await c.ok(a, UPD(X(c), 4 * PAGE, 'm', { perm: IOTLB_PERM.RO }));
+      if (p0 !== null) { const p2 = await pins(c, a); c.check(p2 === p0 + 16, `VmPin ${p0} -> ${p2} KiB after a read-only UPDATE of 4 pages, want +16`); }
+      return 'PA: RW and WO refused, RO pinned';
+    } },
 ];

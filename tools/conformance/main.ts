@@ -6,6 +6,7 @@
 // The same entry serves as the child roles (B, and A that exec's into A'): see peers.ts.
 import { realpathSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 import type { AgentConfig } from './agent.js';
 import { servePeer } from './peers.js';
 import type { DeviceInfo } from './probe.js';
@@ -48,22 +49,20 @@ export async function runConformance(opts: ConformanceOptions): Promise<Conforma
   return report;
 }
 
-function usage(): never {
-  console.error('usage: node dist/tools/conformance/main.js --device PATH [--json FILE] [--only N,N,...]');
+function usage(why: string): never {
+  console.error(`conformance: ${why}\nusage: node dist/tools/conformance/main.js --device PATH [--json FILE] [--only N,N,...]`);
   process.exit(2);
 }
 
 async function cli(argv: string[]): Promise<void> {
-  let device: string | undefined, json: string | undefined, only: number[] | undefined;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--device') device = argv[++i];
-    else if (a === '--json') json = argv[++i];
-    else if (a === '--only') only = argv[++i]?.split(',').map(Number);
-    else usage();
-  }
-  if (!device) usage();
-  const r = await runConformance({ device, json, only });
+  let values;
+  try {
+    ({ values } = parseArgs({ args: argv, strict: true, options: { device: { type: 'string' }, json: { type: 'string' }, only: { type: 'string' } } }));
+  } catch (e) { usage((e as Error).message.split('\n')[0]); }
+  if (!values.device) usage('--device PATH is required');
+  const only = values.only?.split(',').map(Number);
+  if (only?.some((n) => !Number.isInteger(n))) usage(`--only ${values.only}: case numbers, comma-separated`);
+  const r = await runConformance({ device: values.device, json: values.json, only });
   process.exit(r.failed > 0 ? 1 : 0);
 }
 

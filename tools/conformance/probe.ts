@@ -48,7 +48,7 @@ function statusFileMode(statusPath: string, device: string): 'va' | 'pa' | null 
     const j = JSON.parse(readFileSync(statusPath, 'utf8'));
     const name = basename(device);
     const devs = j.devices ?? j;
-    const d = Array.isArray(devs) ? devs.find((x: { name?: string; path?: string }) => x.name === name || x.path === device) : devs[name];
+    const d = Array.isArray(devs) ? devs.find((x: { node?: string }) => x.node === name) : undefined;
     const m = d?.dma ?? d?.mode;
     return m === 'va' || m === 'pa' ? m : null;
   } catch { return null; }

@@ -5,21 +5,21 @@
 // Layout (offsets in the memfd): queue q at q*0x4000: descriptor table +0, avail ring +0x1000,
 // used ring +0x2000. Buffers from 0x10000 on, one 2 KiB slot per (queue, descriptor head).
 import { read, write, SyscallError } from '../../src/libc.js';
-import { vhost, VIRTIO_STATUS as S } from '../../src/vhost.js';
+import { vhost, VIRTIO_F, VIRTIO_STATUS as S } from '../../src/vhost.js';
 
 export const QSIZE = 64;
 export const RING_MEM = 1 << 20;
 const QSTRIDE = 0x4000, AVAIL = 0x1000, USED = 0x2000, DATA = 0x10000, SLOT = 2048;
 const F_NEXT = 1, F_WRITE = 2;
 export const NET_HDR = 12; // virtio_net_hdr with VERSION_1 (num_buffers included)
-export const F_VERSION_1 = 1n << 32n, F_ACCESS_PLATFORM = 1n << 33n, F_NET_MAC = 1n << 5n;
+export const F_NET_MAC = 1n << 5n;
 
 export type Kind = 'net' | 'blk';
 export const queuesOf = (kind: Kind): number[] => (kind === 'net' ? [0, 1] : [0]); // net: RX 0, TX 1
 
 /** Features the suite negotiates: the offered ones among VERSION_1, ACCESS_PLATFORM (and MAC for net). */
 export const wantedFeatures = (kind: Kind, offered: bigint): bigint =>
-  offered & (F_VERSION_1 | F_ACCESS_PLATFORM | (kind === 'net' ? F_NET_MAC : 0n));
+  offered & (VIRTIO_F.VERSION_1 | VIRTIO_F.ACCESS_PLATFORM | (kind === 'net' ? F_NET_MAC : 0n));
 
 export interface Vring { mem: Buffer; iova: bigint }
 
@@ -54,10 +54,13 @@ export function deviceUp(fd: number, kind: Kind, r: Vring, kicks: number[], call
   vhost.setStatus(fd, S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);
 }
 
-interface Seg { off: number; len: number; write: boolean }
+/** A buffer of a chain: offset in the ring memory, length, device-writable or not. */
+export interface Seg { off: number; len: number; write: boolean }
+/** Free room in the ring memory for cases that lay out their own buffers (below 0xf0000, used by fills). */
+export const SCRATCH = 0x80000;
 
-/** Put one descriptor chain on queue q's avail ring (not kicked). Returns the head index. */
-function post(r: Vring, q: number, segs: Seg[]): number {
+/** Put one descriptor chain (at most 4 buffers) on queue q's avail ring (not kicked). Returns the head index. */
+export function post(r: Vring, q: number, segs: Seg[]): number {
   const base = q * QSTRIDE, idx = availIdx(r, q);
   const head = (idx * 4) % QSIZE; // up to 4 descriptors per chain
   segs.forEach((s, i) => {
@@ -102,7 +105,7 @@ export function waitCall(efd: number, timeoutMs = 3000): boolean {
   while (drain(efd) === 0) { if (Date.now() > end) return false; sleepMs(1); }
   return true;
 }
-const usedElem = (r: Vring, q: number, i: number) => {
+export const usedElem = (r: Vring, q: number, i: number): { id: number; len: number } => {
   const o = q * QSTRIDE + USED + 4 + 8 * (i % QSIZE);
   return { id: r.mem.readUInt32LE(o), len: r.mem.readUInt32LE(o + 4) };
 };
