@@ -132,7 +132,10 @@ export class VhostVdpa implements VirtioBackend {
   queueMax(i: number): number { return i < this.vqs ? this.maxQueueSize : 0; }
   readConfig(offset: number, len: number): Buffer {
     if (offset + len > this.configSize) return Buffer.alloc(len);
-    try { return vhost.getConfig(this.fd, offset, len); } catch { return Buffer.alloc(len); } // device gone (daemon restarting)
+    try { return vhost.getConfig(this.fd, offset, len); } catch (e) {
+      this.report('config read', e); // device gone (its daemon restarting): the driver reads zeros meanwhile
+      return Buffer.alloc(len);
+    }
   }
 
   setStatus(status: number, driverFeatures: bigint): number {
@@ -145,9 +148,19 @@ export class VhostVdpa implements VirtioBackend {
       if ((status & S.DRIVER_OK) && !(prev & S.DRIVER_OK)) this.startQueues([]);
       this.setDeviceStatus(status);
       return vhost.getStatus(this.fd);
-    } catch {
+    } catch (e) {
+      this.report(`status 0x${status.toString(16)}`, e);
       return status | S.NEEDS_RESET; // the driver sees a device that wants a reset, not a hung VMM
     }
+  }
+
+  /** One stderr line per kind of failure the guest's driver cannot see the reason of (not one per access). */
+  private reported = new Set<string>();
+  private report(what: string, e: unknown): void {
+    const line = `minivmm: vdpa device ${this.index} (${this.devicePath}): ${what} failed: ${(e as Error).message}`;
+    if (this.reported.has(line)) return;
+    this.reported.add(line);
+    process.stderr.write(`${line}\n`);
   }
 
   /** ACCESS_PLATFORM is between us and the device (IOVA = guest-physical); the guest never sees it. */

@@ -63,7 +63,7 @@ export function clearStaleMount(dir: string): void {
 export const isDaemonMount = (dir: string): boolean => mountLine(dir)?.includes(`fuse.${FSNAME}`) ?? false;
 
 function unmount(dir: string): void {
-  try { umount2(dir, 0); } catch {
+  try { umount2(dir, 0); } catch { // busy (a process still has a file open): detach it instead
     try { umount2(dir, MNT_DETACH); } catch { /* already gone */ }
   }
 }
@@ -118,5 +118,5 @@ function main(): void {
   }
 }
 
-const isEntry = (() => { try { return realpathSync(process.argv[1] ?? '') === realpathSync(fileURLToPath(import.meta.url)); } catch { return false; } })();
+const isEntry = (() => { try { return realpathSync(process.argv[1] ?? '') === realpathSync(fileURLToPath(import.meta.url)); } catch { return false; /* no such path: not run as the entry */ } })();
 if (isEntry) main();

@@ -161,7 +161,7 @@ export class VdpaDevice {
   private bindMm(o: OwnerId): void {
     if (!this.useVa) return;
     let memFd: number;
-    try { memFd = sysOpen(`/proc/${o.pid}/mem`, O_RDWR | O_CLOEXEC); } catch { throw err('ESRCH', 'bind_mm'); }
+    try { memFd = sysOpen(`/proc/${o.pid}/mem`, O_RDWR | O_CLOEXEC); } catch { throw err('ESRCH', 'bind_mm'); /* the kernel's answer when the caller's mm is gone */ }
     this.unbindMm();
     this.bound = { pid: o.pid, memFd };
   }
@@ -256,7 +256,7 @@ export class VdpaDevice {
   private getConfig(r: IoctlRequest): Buffer {
     const { off, len, hdr } = this.configHeader(r, true); // _IOR: the header is still read from the caller
     const data = Buffer.from(this.sim.config.subarray(off, off + len));
-    try { processVmWrite(r.tid, data, Number(r.arg + 8n)); } catch { throw err('EFAULT'); }
+    try { processVmWrite(r.tid, data, Number(r.arg + 8n)); } catch { throw err('EFAULT'); /* copy_to_user failing */ }
     return hdr;
   }
   private setConfig(r: IoctlRequest): void {
@@ -291,7 +291,7 @@ export class VdpaDevice {
     if (addr === 0n || addr > U64_MAX) throw err('EFAULT');
     try {
       if (processVmRead(tid, into, Number(addr)) !== into.length) throw err('EFAULT');
-    } catch { throw err('EFAULT'); }
+    } catch { throw err('EFAULT'); /* copy_from_user failing */ }
   }
 
   /** eventfd_ctx_fdget in the caller's fd table: a dup for the daemon (EBADF / EINVAL). */
@@ -302,12 +302,12 @@ export class VdpaDevice {
     // Look before taking a dup: closing a dup of a file on our own FUSE mount from this thread
     // would send FLUSH to ourselves and deadlock.
     let theirs: string;
-    try { theirs = readlinkSync(`/proc/${o.pid}/fd/${fd}`); } catch { throw err('EBADF'); }
+    try { theirs = readlinkSync(`/proc/${o.pid}/fd/${fd}`); } catch { throw err('EBADF'); /* no such fd in the caller: fget failing */ }
     if (theirs !== 'anon_inode:[eventfd]') throw err('EINVAL', 'not an eventfd');
     let pidfd: number;
-    try { pidfd = pidfdOpen(o.pid); } catch { throw err('EBADF'); }
+    try { pidfd = pidfdOpen(o.pid); } catch { throw err('EBADF'); /* the caller is gone: as fget would fail */ }
     let dup: number;
-    try { dup = pidfdGetfd(pidfd, fd); } catch { throw err('EBADF'); } finally { close(pidfd); }
+    try { dup = pidfdGetfd(pidfd, fd); } catch { throw err('EBADF'); /* fget failing */ } finally { close(pidfd); }
     let kind = '';
     try { kind = readlinkSync(`/proc/self/fd/${dup}`); } catch { /* ignore */ }
     if (kind !== 'anon_inode:[eventfd]') { this.host.closeElsewhere(dup); throw err('EINVAL', 'not an eventfd'); }

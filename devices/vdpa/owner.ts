@@ -28,13 +28,13 @@ export function tgidOf(tid: number): number | null {
   try {
     const m = /^Tgid:\s*(\d+)$/m.exec(readFileSync(`/proc/${tid}/status`, 'utf8'));
     return m ? Number(m[1]) : null;
-  } catch { return null; }
+  } catch { return null; /* no /proc entry: the thread is gone */ }
 }
 
 /** Address-space fingerprint of a process (see the header comment); null if gone or without an mm. */
 export function fingerprintOf(pid: number): string | null {
   let stat: string;
-  try { stat = readFileSync(`/proc/${pid}/stat`, 'utf8'); } catch { return null; }
+  try { stat = readFileSync(`/proc/${pid}/stat`, 'utf8'); } catch { return null; /* gone */ }
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3 (state)
   const field = (n: number) => f[n - 3] ?? '0';
   const parts = [26, 28, 47, 48, 50].map((n) => Number(field(n)).toString(16));
@@ -66,7 +66,7 @@ export function memlockPages(pid: number): number {
     const [soft] = prlimit(pid, RLIMIT_MEMLOCK);
     if (soft >= 0xffffffffffffffffn) return Infinity;
     return Number(soft >> 12n);
-  } catch { return 0; }
+  } catch { return 0; /* the process is gone: it may lock nothing */ }
 }
 
 /** Whether the process still exists and still runs the address space `o` names. */
