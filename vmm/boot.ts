@@ -5,6 +5,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { GuestMemory, GiB } from '../src/memory.js';
 import { VcpuFd, encodeRegs, SREGS, writeSegment, writeDtable, type Segment } from '../src/kvm.js';
+import type { CpuState, Gprs } from '../src/accel/index.js';
 
 export const GDT_ADDR = 0x500, BOOT_INFO_ADDR = 0x6000, PML4_ADDR = 0x10000, INITIAL_RSP = 0x80000, IMAGE_MIN = 0x100000;
 const PAGE_TABLES_END = 0x80000;
@@ -124,4 +125,18 @@ export function setupLongMode(vcpu: VcpuFd, entry: number, index: number): void 
   vcpu.setSregs(s);
   const stack = INITIAL_RSP - index * 0x1000;
   vcpu.setRegs(encodeRegs({ rip: BigInt(entry), rflags: 0x2n, rsp: BigInt(stack), rdi: BigInt(BOOT_INFO_ADDR), rsi: BigInt(index) }));
+}
+
+/** The long-mode entry of vCPU `index` as neutral state (what setupLongMode gives a KVM vCPU): merge into a vCPU's state. */
+export function longModeEntryState(entry: number, index: number): Pick<CpuState, 'segments' | 'gdt' | 'idt' | 'cr0' | 'cr3' | 'cr4' | 'efer'> & { regs: Partial<Gprs> } {
+  const seg = (s: Segment) => ({ ...s, unusable: 0 });
+  return {
+    segments: {
+      cs: seg(CODE64), ds: seg(DATA), es: seg(DATA), fs: seg(DATA), gs: seg(DATA), ss: seg(DATA), tr: seg(TSS),
+      ldt: { base: 0n, limit: 0, selector: 0, type: 0, present: 0, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 1 },
+    },
+    gdt: { base: BigInt(GDT_ADDR), limit: 31 }, idt: { base: 0n, limit: 0 },
+    cr0: 0x80050033n, cr3: BigInt(PML4_ADDR), cr4: 0x20n, efer: 0x500n,
+    regs: { rip: BigInt(entry), rflags: 0x2n, rsp: BigInt(INITIAL_RSP - index * 0x1000), rdi: BigInt(BOOT_INFO_ADDR), rsi: BigInt(index) },
+  };
 }
