@@ -124,7 +124,6 @@ enum { KICK_EVENT = 1, KICK_SLICE = 2 };
 #define RFLAGS_IF 0x200ULL
 #define SLICE_NS 10000000LL		/* 10 ms: paging checks */
 #define WINDOW_SLICE_NS 1000000LL	/* 1 ms: an interrupt waits for IF */
-#define REKICK_NS 1000000LL
 
 struct region { uint64_t gpa, size; uint8_t *host; uint64_t ram_base; uint8_t *code; };
 struct mmio_region { struct vcpu *v; uint64_t gpa, size; };
@@ -137,7 +136,8 @@ struct vcpu {
 	pthread_t thread;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	enum vstate state;
+	_Atomic int state;	/* enum vstate */
+	_Atomic int poller_waiting;	/* emu_run sleeps in poll(): an exit must write exit_efd */
 	int in_hook;		/* the posted exit waits inside a hook for its answer */
 	int runners;		/* emu_run calls in progress (emu_vcpu_destroy waits for them) */
 	int quit;
@@ -508,13 +508,13 @@ static void post_and_wait(struct vcpu *v, enum exit_kind kind, int in_hook)
 {
 	uint64_t one = 1;
 
-	pthread_mutex_lock(&v->lock);
 	v->sh->kind = kind;
 	v->in_hook = in_hook;
-	v->state = VS_POSTED;
-	if (write(v->exit_efd, &one, 8) != 8)
+	atomic_store(&v->state, VS_POSTED);
+	if (atomic_load(&v->poller_waiting) && write(v->exit_efd, &one, 8) != 8)
 		abort();
-	while (v->state != VS_RUNNING && !v->quit)
+	pthread_mutex_lock(&v->lock);
+	while (atomic_load(&v->state) != VS_RUNNING && !v->quit)
 		pthread_cond_wait(&v->cond, &v->lock);
 	pthread_mutex_unlock(&v->lock);
 }
@@ -673,6 +673,20 @@ static bool hook_unmapped(uc_engine *uc, uc_mem_type type, uint64_t address, int
 	return false;
 }
 
+/*
+ * Stopping a running guest. Unicorn checks for a stop request after every memory access and then
+ * leaves the translated block with RIP at the block's start, so the instructions already done run
+ * again: uc_emu_stop() from another thread, or from an I/O hook, printed characters twice
+ * (tools/emu/unicorn-limits.c). Only a stop requested at a block's start, before any of its
+ * instructions ran, is exact: every block checks here whether it was asked to stop.
+ */
+static void hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user)
+{
+	(void)address; (void)size;
+	if (atomic_load_explicit(&((struct vcpu *)user)->kick, memory_order_relaxed))
+		uc_emu_stop(uc);
+}
+
 static void hook_count(uc_engine *uc, uint64_t address, uint32_t size, void *user)
 {
 	(void)uc; (void)address; (void)size;
@@ -829,7 +843,7 @@ static void *emu_thread(void *arg)
 
 	cur = v;
 	pthread_mutex_lock(&v->lock);
-	while (v->state != VS_RUNNING && !v->quit)
+	while (atomic_load(&v->state) != VS_RUNNING && !v->quit)
 		pthread_cond_wait(&v->cond, &v->lock);
 	pthread_mutex_unlock(&v->lock);
 	while (!v->quit)
@@ -839,10 +853,10 @@ static void *emu_thread(void *arg)
 
 // ---- emu_run: the KVM_RUN of this accelerator ----
 
+/* Makes a running guest stop at the start of its next translated block (hook_block). */
 static void kick(struct vcpu *v, int why)
 {
 	atomic_fetch_or(&v->kick, why);
-	uc_emu_stop(v->uc);
 }
 
 /* Reads and clears an eventfd; returns whether it had fired. */
@@ -857,13 +871,13 @@ EXPORT int emu_run(struct vcpu *v)
 	struct emu_shared *sh = v->sh;
 	struct pollfd pfd[2 + MAX_FDS];
 	uint32_t gsi[MAX_FDS];
-	int running = 0, kicked = 0, kind;
-	int64_t kicked_at = 0, slice_start;
+	int running = 0, kind;
+	int64_t slice_start;
 
 	drain(v->wake_efd);	/* before the vCPU goes on: a later wake-up is for this run */
 	pthread_mutex_lock(&v->lock);
 	v->runners++;
-	if (v->state == VS_POSTED && !v->quit) {
+	if (atomic_load(&v->state) == VS_POSTED && !v->quit) {
 		/* At a boundary a pending immediate exit or interrupt window needs no guest code. */
 		uint64_t rflags = v->in_hook ? 0 : reg(v, UC_X86_REG_RFLAGS);
 		if (!v->in_hook && sh->immediate_exit) {
@@ -875,13 +889,14 @@ EXPORT int emu_run(struct vcpu *v)
 			goto out_locked;
 		}
 		if (v->in_hook || !sh->halted) {
-			v->state = VS_RUNNING;
+			atomic_store(&v->state, VS_RUNNING);
 			running = 1;
 			pthread_cond_broadcast(&v->cond);
 		}
 	}
 	pthread_mutex_unlock(&v->lock);
 	slice_start = now_ns();
+
 
 	for (;;) {
 		int n = 0, nirq, timeout_ms;
@@ -906,10 +921,7 @@ EXPORT int emu_run(struct vcpu *v)
 		if (sh->deadline_ns && !sh->timer_fired)
 			wait_ns = (int64_t)sh->deadline_ns - now;
 		if (running) {
-			int64_t slice = sh->irq_pending ? WINDOW_SLICE_NS : SLICE_NS;
-			if (kicked)
-				slice = REKICK_NS;
-			int64_t left = (kicked ? kicked_at : slice_start) + slice - now;
+			int64_t left = slice_start + (sh->irq_pending ? WINDOW_SLICE_NS : SLICE_NS) - now;
 			if (left < wait_ns)
 				wait_ns = left;
 		}
@@ -917,19 +929,23 @@ EXPORT int emu_run(struct vcpu *v)
 			timeout_ms = -1;
 		else
 			timeout_ms = wait_ns <= 0 ? 0 : (int)((wait_ns + 999999) / 1000000);
-		if (poll(pfd, n, timeout_ms) < 0 && errno != EINTR) {
+		/* Announce the sleep, then look once more: the emulator thread writes exit_efd only
+		 * when it sees poller_waiting (both sequentially consistent, so neither is missed). */
+		atomic_store(&v->poller_waiting, 1);
+		if (!(running && atomic_load(&v->state) == VS_POSTED) && poll(pfd, n, timeout_ms) < 0 && errno != EINTR) {
+			atomic_store(&v->poller_waiting, 0);
 			sh->kind = EXIT_INTERRUPTED;
 			break;
 		}
+		atomic_store(&v->poller_waiting, 0);
 		now = now_ns();
 
-		if (pfd[0].revents & POLLIN) {
+		if (pfd[0].revents & POLLIN)
 			drain(v->exit_efd);
-			pthread_mutex_lock(&v->lock);
+		if (running && atomic_load(&v->state) == VS_POSTED) {
 			if (sh->kind != EXIT_HALT)
-				goto out_locked;
-			running = kicked = 0;	/* halted: wait here for an event */
-			pthread_mutex_unlock(&v->lock);
+				break;
+			running = 0;	/* halted: wait here for an event */
 		}
 		if (pfd[1].revents & POLLIN) {
 			drain(v->wake_efd);
@@ -948,14 +964,14 @@ EXPORT int emu_run(struct vcpu *v)
 			sh->kind = sh->immediate_exit ? EXIT_INTERRUPTED : EXIT_EVENT;
 			break;
 		}
-		if (event || (running && kicked && now - kicked_at >= REKICK_NS)) {
+		if (event) {
 			kick(v, KICK_EVENT);
-			kicked = 1;
-			kicked_at = now;
-		} else if (running && !kicked && now - slice_start >= (sh->irq_pending ? WINDOW_SLICE_NS : SLICE_NS)) {
+		} else if (running && now - slice_start >= (sh->irq_pending ? WINDOW_SLICE_NS : SLICE_NS)) {
 			kick(v, KICK_SLICE);
 			slice_start = now;
 		}
+		for (int i = 0; i < n; i++)
+			pfd[i].revents = 0;
 	}
 	pthread_mutex_lock(&v->lock);
 out_locked:
@@ -1101,6 +1117,7 @@ EXPORT struct vcpu *emu_vcpu_create(void)
 	if (uc_hook_add(v->uc, &h, UC_HOOK_INSN, hook_in, v, 1, 0, UC_X86_INS_IN) ||
 	    uc_hook_add(v->uc, &h, UC_HOOK_INSN, hook_out, v, 1, 0, UC_X86_INS_OUT) ||
 	    uc_hook_add(v->uc, &h, UC_HOOK_INTR, hook_intr, v, 1, 0) ||
+	    uc_hook_add(v->uc, &h, UC_HOOK_BLOCK, hook_block, v, 1, 0) ||
 	    uc_hook_add(v->uc, &h, UC_HOOK_MEM_UNMAPPED, hook_unmapped, v, 1, 0)) {
 		set_error("uc_hook_add failed");
 		goto fail;
@@ -1257,7 +1274,7 @@ static int idle(struct vcpu *v)
 {
 	int ok;
 	pthread_mutex_lock(&v->lock);
-	ok = v->state != VS_RUNNING && !v->in_hook;
+	ok = atomic_load(&v->state) != VS_RUNNING && !v->in_hook;
 	pthread_mutex_unlock(&v->lock);
 	if (!ok)
 		set_error("the vCPU is not stopped at an instruction boundary (run it until it reports 'interrupted')");
@@ -1477,6 +1494,8 @@ EXPORT int emu_init(void)
 		0xf4,					/* hlt */
 		0xb9, 0xef, 0xbe, 0xad, 0xde,		/* mov ecx, 0xdeadbeef */
 		0x0f, 0x32,				/* rdmsr: #GP */
+		0x48, 0xff, 0xc7,			/* 0x100f: inc rdi */
+		0xeb, 0xfb,				/* jmp 0x100f */
 	};
 	struct vcpu *v;
 	uint8_t *mem;
@@ -1521,8 +1540,17 @@ EXPORT int emu_init(void)
 		goto out;
 	v->sh->halted = 0;
 	kind = emu_run(v);
-	if (kind != EXIT_EXCEPTION || v->sh->vector != 13 || !(seen & SEEN_MSR) || !(seen & SEEN_RAISE))
+	if (kind != EXIT_EXCEPTION || v->sh->vector != 13 || !(seen & SEEN_MSR) || !(seen & SEEN_RAISE)) {
 		snprintf(why, sizeof why, "an unknown MSR raised no #GP (exit %d)", kind);
+		goto out;
+	}
+	/* A guest in a loop is stopped by the deadline, at an instruction of the loop. */
+	set_reg(v, UC_X86_REG_RIP, 0x100f);
+	v->sh->deadline_ns = now_ns() + 1000000;
+	kind = emu_run(v);
+	uint64_t rip = reg(v, UC_X86_REG_RIP);
+	if (kind != EXIT_EVENT || (rip != 0x100f && rip != 0x1012))
+		snprintf(why, sizeof why, "a running guest could not be stopped (exit %d, RIP 0x%" PRIx64 ")", kind, rip);
 out:
 	emu_vcpu_destroy(v);
 	free(mem);
