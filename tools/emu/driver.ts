@@ -14,6 +14,8 @@ export class GuestRunner {
   fatal: string | null = null;
   /** Called with the whole output so far after every byte. */
   onOutput?: (output: string) => void;
+  /** Ports a test adds (a value for IN, or undefined to fall through; OUT returns anything). */
+  onPort?: (port: number, write: boolean, value: number) => number | undefined;
   private pausing = false;
   private loop: Promise<void> | null = null;
   readonly serial: Serial;
@@ -63,7 +65,10 @@ export class GuestRunner {
       switch (e.kind) {
         case 'io': {
           for (let i = 0, at = 0; i < e.count; i++, at += e.size) {
-            if (e.port >= COM1_BASE && e.port < COM1_BASE + 8) {
+            const r = this.onPort?.(e.port, e.write, e.write ? e.data.readUIntLE(at, e.size) : 0);
+            if (r !== undefined) {
+              if (!e.write) e.data.writeUIntLE(r, at, e.size);
+            } else if (e.port >= COM1_BASE && e.port < COM1_BASE + 8) {
               if (e.write) this.serial.write(e.port - COM1_BASE, e.data.readUIntLE(at, e.size));
               else e.data.writeUIntLE(this.serial.read(e.port - COM1_BASE), at, 1);
             } else if (e.port === EXIT_PORT && e.write) {
