@@ -16,6 +16,8 @@ export class GuestRunner {
   onOutput?: (output: string) => void;
   /** Ports a test adds (a value for IN, or undefined to fall through; OUT returns anything). */
   onPort?: (port: number, write: boolean, value: number) => number | undefined;
+  /** MMIO a test adds (fill `data` for a read); unhandled reads see zeros. */
+  onMmio?: (addr: number, write: boolean, data: Buffer) => boolean;
   private pausing = false;
   private loop: Promise<void> | null = null;
   readonly serial: Serial;
@@ -80,7 +82,7 @@ export class GuestRunner {
           }
           break;
         }
-        case 'mmio': if (!e.write) e.data.fill(0); break; // no devices
+        case 'mmio': if (!this.onMmio?.(e.addr, e.write, e.data) && !e.write) e.data.fill(0); break;
         case 'interrupted': if (this.pausing) return; break;
         case 'hlt': break;
         case 'system-event': this.exitCode = 0; return;

@@ -21,9 +21,11 @@ export class Pit {
   readonly channels: PitChannelState[] = [fresh(1), fresh(1), fresh(0)];
   flags = 0;
   private speaker = 0;
-  /** CLOCK_MONOTONIC (ns) of channel 0's next output change, or 0n. */
+  /** CLOCK_MONOTONIC (ns) when channel 0 next interrupts, or 0n. */
   deadline = 0n;
   private lastOut0 = 0;
+  /** Periodic modes: the last period of channel 0 that raised IRQ 0. */
+  private lastPeriod = 0n;
 
   /** `irq0(level)` drives GSI 0 with channel 0's output. */
   constructor(private readonly irq0: (level: 0 | 1) => void) {}
@@ -71,13 +73,24 @@ export class Pit {
   private load(c: PitChannelState, value: number, now: bigint): void {
     c.count = value === 0 ? 0x10000 : value;
     c.countLoadTime = now;
-    if (c === this.channels[0]) this.update(now);
+    if (c === this.channels[0]) { this.lastPeriod = 0n; this.update(now); }
   }
 
-  /** Recomputes channel 0's output and deadline. */
+  /**
+   * Channel 0 and IRQ 0: the periodic modes (2, 3) pulse it once per period (periods missed
+   * while nobody looked are coalesced, as a late timer interrupt is); the others drive it with
+   * the output level.
+   */
   update(now: bigint): void {
     const c = this.channels[0];
     if (!c.gate || c.countLoadTime === 0n) { this.deadline = 0n; return; }
+    const n = BigInt(c.count);
+    if (c.mode === 2 || c.mode === 3) {
+      const period = ticksSince(c.countLoadTime, now) / n;
+      if (period > this.lastPeriod) { this.irq0(1); this.irq0(0); this.lastPeriod = period; }
+      this.deadline = c.countLoadTime + ((this.lastPeriod + 1n) * n * NS + FREQ - 1n) / FREQ;
+      return;
+    }
     const out = this.out(c, now);
     if (out !== this.lastOut0) { this.lastOut0 = out; this.irq0(out as 0 | 1); }
     const next = this.nextTransition(c, now);
@@ -165,6 +178,8 @@ export class Pit {
     s.channels.forEach((c, i) => { if (this.channels[i]) Object.assign(this.channels[i], c); });
     this.flags = s.flags;
     this.lastOut0 = -1; // drive GSI 0 with the restored output
+    const c = this.channels[0];
+    this.lastPeriod = c.countLoadTime ? ticksSince(c.countLoadTime, now) / BigInt(c.count) : 0n;
     this.update(now);
   }
 }

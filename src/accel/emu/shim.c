@@ -899,8 +899,9 @@ EXPORT int emu_run(struct vcpu *v)
 
 
 	for (;;) {
-		int n = 0, nirq, timeout_ms;
+		int n = 0, nirq;
 		int64_t now = now_ns(), wait_ns;
+		struct timespec ts, *timeout = NULL;
 		int event = 0;
 
 		if (v->quit) {
@@ -925,14 +926,16 @@ EXPORT int emu_run(struct vcpu *v)
 			if (left < wait_ns)
 				wait_ns = left;
 		}
-		if (wait_ns == INT64_MAX)
-			timeout_ms = -1;
-		else
-			timeout_ms = wait_ns <= 0 ? 0 : (int)((wait_ns + 999999) / 1000000);
+		if (wait_ns != INT64_MAX) {
+			if (wait_ns < 0)
+				wait_ns = 0;
+			ts = (struct timespec){ wait_ns / 1000000000LL, wait_ns % 1000000000LL };
+			timeout = &ts;
+		}
 		/* Announce the sleep, then look once more: the emulator thread writes exit_efd only
 		 * when it sees poller_waiting (both sequentially consistent, so neither is missed). */
 		atomic_store(&v->poller_waiting, 1);
-		if (!(running && atomic_load(&v->state) == VS_POSTED) && poll(pfd, n, timeout_ms) < 0 && errno != EINTR) {
+		if (!(running && atomic_load(&v->state) == VS_POSTED) && ppoll(pfd, n, timeout, NULL) < 0 && errno != EINTR) {
 			atomic_store(&v->poller_waiting, 0);
 			sh->kind = EXIT_INTERRUPTED;
 			break;
