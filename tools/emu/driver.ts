@@ -111,14 +111,20 @@ export class GuestRunner {
     }
   }
 
-  /** Resolves when the output matches (or the guest ends first). */
-  waitFor(re: RegExp): Promise<RegExpMatchArray | null> {
-    return new Promise((resolve) => {
-      const check = () => { const m = this.output.match(re); if (m) { resolve(m); return true; } return false; };
-      if (check()) return;
+  /** Resolves when the output matches; rejects when the guest ends first or `timeoutMs` passes. */
+  waitFor(re: RegExp, timeoutMs = 30_000): Promise<RegExpMatchArray> {
+    return new Promise((resolve, reject) => {
       const prev = this.onOutput;
-      this.onOutput = (o) => { prev?.(o); if (check()) this.onOutput = prev; };
-      void this.loop?.then(() => resolve(this.output.match(re)));
+      const done = (m: RegExpMatchArray | null, why?: string) => {
+        clearTimeout(timer);
+        this.onOutput = prev;
+        if (m) resolve(m); else reject(new Error(`${why} before ${re}; output ends ${JSON.stringify(this.output.slice(-200))}${this.fatal ? `; ${this.fatal}` : ''}`));
+      };
+      const timer = setTimeout(() => done(null, `timed out after ${timeoutMs} ms`), timeoutMs);
+      const m = this.output.match(re);
+      if (m) { done(m); return; }
+      this.onOutput = (o) => { prev?.(o); const x = o.match(re); if (x) done(x); };
+      void this.loop?.then(() => { const x = this.output.match(re); if (x) done(x); else done(null, 'the guest stopped'); });
     });
   }
 

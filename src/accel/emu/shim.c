@@ -143,6 +143,7 @@ struct vcpu {
 	int quit;
 	int exit_efd, wake_efd;
 	_Atomic int kick;
+	int64_t slice_start;	/* the last slice kick: slices span emu_run calls (exits are frequent) */
 	/* recorded by the interposed functions, on the emulator thread */
 	int exc_vector, exc_error, exc_flags, exc_len;
 	int hlt;
@@ -682,8 +683,10 @@ static bool hook_unmapped(uc_engine *uc, uc_mem_type type, uint64_t address, int
  */
 static void hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user)
 {
+	struct vcpu *v = user;
+
 	(void)address; (void)size;
-	if (atomic_load_explicit(&((struct vcpu *)user)->kick, memory_order_relaxed))
+	if (atomic_load_explicit(&v->kick, memory_order_relaxed) || v->sh->immediate_exit)
 		uc_emu_stop(uc);
 }
 
@@ -872,7 +875,6 @@ EXPORT int emu_run(struct vcpu *v)
 	struct pollfd pfd[2 + MAX_FDS];
 	uint32_t gsi[MAX_FDS];
 	int running = 0, kind;
-	int64_t slice_start;
 
 	drain(v->wake_efd);	/* before the vCPU goes on: a later wake-up is for this run */
 	pthread_mutex_lock(&v->lock);
@@ -895,8 +897,6 @@ EXPORT int emu_run(struct vcpu *v)
 		}
 	}
 	pthread_mutex_unlock(&v->lock);
-	slice_start = now_ns();
-
 
 	for (;;) {
 		int n = 0, nirq;
@@ -922,7 +922,7 @@ EXPORT int emu_run(struct vcpu *v)
 		if (sh->deadline_ns && !sh->timer_fired)
 			wait_ns = (int64_t)sh->deadline_ns - now;
 		if (running) {
-			int64_t left = slice_start + (sh->irq_pending ? WINDOW_SLICE_NS : SLICE_NS) - now;
+			int64_t left = v->slice_start + (sh->irq_pending ? WINDOW_SLICE_NS : SLICE_NS) - now;
 			if (left < wait_ns)
 				wait_ns = left;
 		}
@@ -969,9 +969,9 @@ EXPORT int emu_run(struct vcpu *v)
 		}
 		if (event) {
 			kick(v, KICK_EVENT);
-		} else if (running && now - slice_start >= (sh->irq_pending ? WINDOW_SLICE_NS : SLICE_NS)) {
+		} else if (running && now - v->slice_start >= (sh->irq_pending ? WINDOW_SLICE_NS : SLICE_NS)) {
 			kick(v, KICK_SLICE);
-			slice_start = now;
+			v->slice_start = now;
 		}
 		for (int i = 0; i < n; i++)
 			pfd[i].revents = 0;
@@ -1456,8 +1456,7 @@ EXPORT uint32_t emu_tsc_khz(void)
 		nanosleep(&d, NULL);
 		t1 = now_ns();
 		c1 = __rdtsc();
-		/* Round to 1 MHz: the calibration is good to ~1e-4, and a round figure is stable across runs. */
-		khz = (uint32_t)(((double)(c1 - c0) * 1e6 / (double)(t1 - t0) + 500.0) / 1000.0) * 1000;
+		khz = (uint32_t)((double)(c1 - c0) * 1e6 / (double)(t1 - t0) + 0.5);
 	}
 	return khz;
 }

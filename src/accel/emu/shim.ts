@@ -2,7 +2,7 @@
 // loaded through ffi-rs like every other native call. The exit record and the register block are
 // the shim's own memory, read and written through Buffers (no copies).
 import ffi from 'ffi-rs';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bufferAt } from '../../libc.js';
@@ -80,7 +80,19 @@ export function unicornVersion(): [number, number] {
   return [v >>> 24, (v >>> 16) & 0xff];
 }
 
-export const tscKhz = (): number => call('emu_tsc_khz', T.U32, [], []);
+let khz: number | undefined;
+/**
+ * The host TSC rate in kHz (the guest's TSC is the host's plus an offset): the kernel's own figure
+ * (/proc/cpuinfo, what KVM_GET_TSC_KHZ reports) when it agrees with a measurement to 0.1%, else
+ * the measurement (on hosts where "cpu MHz" follows frequency scaling).
+ */
+export function tscKhz(): number {
+  if (khz !== undefined) return khz;
+  const measured = call('emu_tsc_khz', T.U32, [], []);
+  let kernel = NaN;
+  try { kernel = Math.round(Number(/^cpu MHz\s*:\s*([\d.]+)/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]) * 1000); } catch { /* no /proc */ }
+  return (khz = Math.abs(kernel - measured) <= measured / 1000 ? kernel : measured);
+}
 
 /** One emulated CPU (struct vcpu*). Its calls are synchronous except run(). */
 export class ShimVcpu {
