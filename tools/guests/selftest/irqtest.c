@@ -5,8 +5,9 @@
  * code and CR2, INT3, INT n), the LAPIC (self IPIs, nested interrupts by priority, EOI and TPR
  * blocking, timer one-shot and periodic), "sti; hlt" with a pending interrupt, the IOAPIC
  * (masking, edge and level with remote IRR), the 8259 PIC through LINT0, the PIT, the TSC MSR,
- * and an 8-byte MMIO access seen whole. The test side drives device lines through ports
- * 0x520-0x522 (test/emu-ports.ts) and records MMIO at 0xd0000000.
+ * an 8-byte MMIO access seen whole, and ioeventfds (MMIO with a datamatch, port I/O) and an
+ * irqfd. The test side plays the devices through ports 0x520-0x525 (test/emu-ports.ts), records
+ * MMIO at 0xd0000000 and binds the eventfds.
  */
 #include "lib.h"
 
@@ -16,6 +17,10 @@
 #define RAISE_GSI	0x521
 #define LOWER_GSI	0x522
 #define TEST_MMIO	0xd0000000ULL
+#define SIGNAL_IRQFD	0x523	/* OUT: the test writes the irqfd bound to GSI 12 */
+#define MMIO_EVENTS	0x524	/* IN: signals the MMIO ioeventfd got (read and reset) */
+#define PIO_EVENTS	0x525	/* IN: the same for the port ioeventfd at PIO_DOORBELL */
+#define PIO_DOORBELL	0x530
 
 struct frame {
 	u64 rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11;
@@ -376,6 +381,32 @@ static void test_mmio64(void)
 	check(v == 0x8877665544332211ULL, "mmio64", "an 8-byte MMIO read did not come back whole");
 }
 
+static u32 inl(u16 port)
+{
+	u32 v;
+	asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static void test_eventfds(void)
+{
+	*(volatile u32 *)(TEST_MMIO + 0x1000) = 6;	/* no match: an MMIO exit */
+	*(volatile u32 *)(TEST_MMIO + 0x1000) = 7;	/* matches: the eventfd, no exit */
+	*(volatile u32 *)(TEST_MMIO + 0x1000) = 7;
+	asm volatile("outw %w0, %w1" : : "a"(1), "Nd"(PIO_DOORBELL));
+	u32 mmio = inl(MMIO_EVENTS), pio = inl(PIO_EVENTS);
+	check2(mmio == 2 && pio == 1, "ioeventfd", "guest writes did not signal their ioeventfds (mmio, pio)", mmio, pio);
+
+	ioapic_write(0x10 + 2 * 12 + 1, 0);
+	ioapic_write(0x10 + 2 * 12, 0x5c);		/* edge, unmasked */
+	sti();
+	outl(SIGNAL_IRQFD, 0);
+	int got = wait_count(0x5c, 1, 1000);
+	cli();
+	check(got, "irqfd", "a write to the irqfd did not raise its GSI");
+	ioapic_write(0x10 + 2 * 12, 0x10000);
+}
+
 void guest_main(struct bootinfo *bi)
 {
 	struct { u16 limit; u64 base; } __attribute__((packed)) idtr = { sizeof(idt) - 1, (u64)idt };
@@ -405,6 +436,7 @@ void guest_main(struct bootinfo *bi)
 	test_pic_pit();
 	test_tsc();
 	test_mmio64();
+	test_eventfds();
 	printk("irqtest done failures=%u\n", failures);
 	exit(failures ? 1 : 0);
 }
