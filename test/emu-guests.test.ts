@@ -40,6 +40,25 @@ describeWith(['emu'], 'built-in guests on emu', () => {
     expect(g.exitCode).toBe(0);
   });
 
+  it('the event loop stays free while a guest computes, and a pause takes effect at once', async () => {
+    const g = GuestRunner.boot(emu(), { image: guest('counter'), cmdline: 'iters=4000000000 rounds=0' });
+    void g.start();
+    let worst = 0; // timer lateness on the main thread: the vCPU runs on threads of its own
+    for (let i = 0; i < 50; i++) {
+      const t0 = performance.now();
+      await new Promise((r) => setTimeout(r, 1));
+      worst = Math.max(worst, performance.now() - t0);
+    }
+    const t0 = performance.now();
+    await g.pause();
+    const pauseMs = performance.now() - t0;
+    g.close();
+    expect(g.fatal).toBeNull();
+    expect(g.output).toBe(''); // still in its first round: it was computing all along
+    expect(worst).toBeLessThan(200); // generous sanity bounds (a shared, loaded machine)
+    expect(pauseMs).toBeLessThan(1000);
+  });
+
   for (const ram of [256 * MiB, 5 * GiB]) {
     it(`memtest finds every chunk of ${ram / MiB} MiB (RAM above 4 GiB too)`, async () => {
       const g = await onEmu({ image: guest('memtest'), memory: ram });

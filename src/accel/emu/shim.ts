@@ -57,7 +57,7 @@ export const lastError = (): string => ffi.load({ library: LIB, funcName: 'emu_l
 export function loadShim(): string | null {
   if (loaded !== undefined) return loaded;
   const path = shimPath();
-  if (!path) return (loaded = `the emu accelerator's shim (${SHIM_FILE}) is not built: libunicorn was missing at build time; ${INSTALL_HINT}`);
+  if (!path) return (loaded = `libunicorn was not found when minivmm was built (no ${SHIM_FILE}); ${INSTALL_HINT}`);
   try {
     ffi.open({ library: LIB, path });
   } catch (e) {
