@@ -14,25 +14,36 @@
 //     timer deadline; any of them stops the guest at the next translated block (uc_emu_stop) and
 //     is reported as an EVENT exit; a halted guest waits here, burning no CPU.
 //
-// Unicorn 2.0.1 (Debian 12) cannot do some things a VMM needs through its API. Each is worked
-// around by interposing one of libunicorn's exported internal functions (the shim is loaded ahead
-// of it, so the dynamic linker binds libunicorn's own references to the definitions below); the
-// reproducers are in tools/emu/unicorn-limits.c:
-//   1. every guest store takes QEMU's slow "not dirty" path (no dirty tracking): 20-40x slower.
-//      tlb_set_page_with_attrs / tlb_protect_code: new TLB entries of pages without translated
-//      code are marked dirty (fast stores); a page that gets code is protected again, so
+// Unicorn 2.0.1 (Debian 12) cannot do some things a VMM needs through its API. Each has a minimal
+// reproducer in tools/emu/unicorn-limits.c (numbered as here) and is worked around below, most by
+// interposing one of libunicorn's exported internal functions (the shim is loaded ahead of it,
+// so the dynamic linker binds libunicorn's own references to the definitions here):
+//   1. every guest store takes QEMU's slow "not dirty" path (no dirty tracking): 15-40x slower.
+//      tlb_set_page_with_attrs / tlb_protect_code: TLB entries of pages without translated code
+//      are marked dirty (fast stores); a page that gets code is protected again, so
 //      self-modifying code is still caught.
 //   2. RDTSC cannot be hooked and the TSC MSR cannot be written: helper_rdtsc(p) and the TSC MSR
 //      return host TSC + a per-vCPU offset (continuous, settable, saved and restored).
 //   3. RDMSR/WRMSR of an unknown MSR do nothing: helper_rdmsr/wrmsr raise #GP for them.
-//   4. exception hooks get no error code, and because QEMU's own delivery never runs its
-//      double-fault bookkeeping is never reset (a second #DE arrives as #DF, the next stops the
-//      CPU as a triple fault): raise_exception* / raise_interrupt record the real vector, error
-//      code and software-interrupt length before QEMU sees them.
+//   4. exception hooks get no error code, and as QEMU's own delivery never runs its double-fault
+//      bookkeeping is never reset (a second #DE arrives as #DF, the next stops the CPU as a
+//      triple fault): raise_exception* / raise_interrupt record the real vector, error code and
+//      software-interrupt length before QEMU sees them.
 //   5. HLT is indistinguishable from a stopped emulation: helper_hlt records it.
 //   6. an 8-byte MMIO access reaches the callbacks as two 4-byte ones:
 //      memory_region_dispatch_read/write see the whole access first.
-// If the interposition does not take (another Unicorn build), emu_init() says so and the
+//   7. RIP in I/O and MMIO hooks is wherever the translated code last synced it (a block start,
+//      often an earlier block's): the I/O and softmmu helpers record their return address into
+//      translated code, from which QEMU's cpu_restore_state recovers the exact instruction.
+//   8. a stop request is acted on after the next memory access, leaving RIP at the block's start:
+//      instructions already done run again (from another thread, or in a hook). Stops are only
+//      requested at the start of a block, from a block hook (hook_block).
+//   9. any memory hook, whatever its range, slows every guest memory access: MMIO goes through
+//      uc_mmio_map callbacks only.
+//  10. page tables are walked for faults but the virtual address is used as the physical one:
+//      with 2.0 only identity-mapped guests run (check_paging stops the others); with 2.1,
+//      UC_TLB_CPU translates.
+// emu_init() checks that the interposition took effect; if not (another Unicorn build), the
 // accelerator is unavailable rather than wrong.
 #define _GNU_SOURCE
 #include <unicorn/unicorn.h>
@@ -529,9 +540,8 @@ static int read_virt(struct vcpu *v, uint64_t va, uint8_t *buf, size_t len)
 	return -1;
 }
 
-/* The exact RIP inside a hook: Unicorn's own is wherever the translated code last synced it (a
- * block start, often an earlier block's). QEMU recovers the instruction from the host return
- * address into the translated block, recorded by the helper wrappers below. */
+/* The exact RIP inside a hook (limit 7): QEMU recovers the instruction from the host return
+ * address into the translated block, recorded by the helper wrappers. */
 static uint64_t exact_rip(struct vcpu *v, int *exact)
 {
 	*exact = 0;
@@ -675,10 +685,9 @@ static bool hook_unmapped(uc_engine *uc, uc_mem_type type, uint64_t address, int
 }
 
 /*
- * Stopping a running guest. Unicorn checks for a stop request after every memory access and then
- * leaves the translated block with RIP at the block's start, so the instructions already done run
- * again: uc_emu_stop() from another thread, or from an I/O hook, printed characters twice
- * (tools/emu/unicorn-limits.c). Only a stop requested at a block's start, before any of its
+ * Stopping a running guest (limit 8): Unicorn acts on a stop request after the next memory access
+ * and leaves the translated block with RIP at its start, so the instructions already done run
+ * again (an OUT printed twice). Only a stop requested at a block's start, before any of its
  * instructions ran, is exact: every block checks here whether it was asked to stop.
  */
 static void hook_block(uc_engine *uc, uint64_t address, uint32_t size, void *user)
