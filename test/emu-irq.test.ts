@@ -20,7 +20,7 @@ const TEST_MMIO = 0xd0000000;
 describeWith(['emu'], 'interrupts and exceptions on emu (a self-checking guest)', () => {
   it('every check passes', async () => {
     const dir = tempDir('minivmm-irqtest-');
-    const elf = buildGuest([join(GUESTS, 'selftest/irqtest.c'), join(GUESTS, 'selftest/stubs.S')], join(dir, 'irqtest.elf'));
+    const elf = buildGuest([join(GUESTS, 'selftest/irqtest.c')], join(dir, 'irqtest.elf'));
     const g = GuestRunner.boot(emu(), { image: elf });
     const mmio: string[] = [];
     const [irqfd, mmioDoorbell, pioDoorbell] = [0, 1, 2].map(() => eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));

@@ -42,24 +42,32 @@ static uc_engine *engine(const uint8_t *code, size_t len, uint8_t **ram)
 static uint64_t rd(uc_engine *uc, int r) { uint64_t x = 0; uc_reg_read(uc, r, &x); return x; }
 static void wr(uc_engine *uc, int r, uint64_t x) { uc_reg_write(uc, r, &x); }
 
+/* mov ecx, 1000000; mov ebx, 0x8000; L: mov [rbx], rdx (store) or mov rdx, [rbx] (load); dec rcx; jnz L; hlt */
+static uint8_t loop[] = { 0xb9, 0x40, 0x42, 0x0f, 0x00, 0xbb, 0, 0x80, 0, 0, 0x48, 0x89, 0x13, 0x48, 0xff, 0xc9, 0x75, 0xf8, 0xf4 };
+
+/* Seconds the store (or load) loop takes, with or without a memory hook far from it. */
+static void memhook_cb(uc_engine *uc, uc_mem_type t, uint64_t a, int s, int64_t v, void *u) { (void)uc; (void)t; (void)a; (void)s; (void)v; (void)u; }
+static double time_loop(int store, int memhook)
+{
+	uc_engine *uc;
+	uc_hook h;
+	double t0;
+
+	loop[11] = store ? 0x89 : 0x8b;
+	uc = engine(loop, sizeof loop, NULL);
+	if (memhook)
+		uc_hook_add(uc, &h, UC_HOOK_MEM_READ, memhook_cb, NULL, 0x10000000, 0x10000fff);
+	t0 = now();
+	uc_emu_start(uc, 0x1000, 0, 0, 0);
+	t0 = now() - t0;
+	uc_close(uc);
+	return t0;
+}
+
 /* 1. Every store takes QEMU's "not dirty" slow path (no dirty tracking in Unicorn 2.0). */
 static void stores(void)
 {
-	/* mov ecx, N; mov ebx, 0x8000; L: mov [rbx], rdx (or mov rdx, [rbx]); dec rcx; jnz L; hlt */
-	uint8_t st[] = { 0xb9, 0x40, 0x42, 0x0f, 0x00, 0xbb, 0, 0x80, 0, 0, 0x48, 0x89, 0x13, 0x48, 0xff, 0xc9, 0x75, 0xf8, 0xf4 };
-	uint8_t ld[sizeof st];
-	double t[2];
-
-	memcpy(ld, st, sizeof st);
-	ld[11] = 0x8b;
-	for (int i = 0; i < 2; i++) {
-		uc_engine *uc = engine(i ? ld : st, sizeof st, NULL);
-		double t0 = now();
-		uc_emu_start(uc, 0x1000, 0, 0, 0);
-		t[i] = now() - t0;
-		uc_close(uc);
-	}
-	printf("1. stores take a slow path: a store loop runs %.0fx slower than the same loop with loads\n", t[0] / t[1]);
+	printf("1. stores take a slow path: a store loop runs %.0fx slower than the same loop with loads\n", time_loop(1, 0) / time_loop(0, 0));
 }
 
 /* 2, 3. RDTSC cannot be hooked, the TSC MSR cannot be written; unknown MSRs raise no #GP. */
@@ -176,23 +184,9 @@ static void io(void)
 }
 
 /* 9. Any memory hook, whatever its range, makes every guest memory access slow. */
-static void memhook_cb(uc_engine *uc, uc_mem_type t, uint64_t a, int s, int64_t v, void *u) { (void)uc; (void)t; (void)a; (void)s; (void)v; (void)u; }
 static void memhooks(void)
 {
-	uint8_t ld[] = { 0xb9, 0x40, 0x42, 0x0f, 0x00, 0xbb, 0, 0x80, 0, 0, 0x48, 0x8b, 0x13, 0x48, 0xff, 0xc9, 0x75, 0xf8, 0xf4 };
-	double t[2];
-
-	for (int i = 0; i < 2; i++) {
-		uc_engine *uc = engine(ld, sizeof ld, NULL);
-		uc_hook h;
-		if (i)
-			uc_hook_add(uc, &h, UC_HOOK_MEM_READ, memhook_cb, NULL, 0x10000000, 0x10000fff);
-		double t0 = now();
-		uc_emu_start(uc, 0x1000, 0, 0, 0);
-		t[i] = now() - t0;
-		uc_close(uc);
-	}
-	printf("9. a memory-read hook on a range the loop never touches makes its loads %.1fx slower\n", t[1] / t[0]);
+	printf("9. a memory-read hook on a range the loop never touches makes its loads %.1fx slower\n", time_loop(0, 1) / time_loop(0, 0));
 }
 
 /* 10. Page tables: faults are walked, but the virtual address is used as the physical one. */

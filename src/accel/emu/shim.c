@@ -713,61 +713,48 @@ static const uint8_t *phys(struct vcpu *v, uint64_t gpa, uint64_t len)
 	return r && gpa + len <= r->gpa + r->size ? r->host + (gpa - r->gpa) : NULL;
 }
 
+/* 0 if every present mapping under the table at `table` (level 4: the PML4) is the identity,
+ * -1 if one is not, -2 if a table is not in RAM. */
+static int identity_table(struct vcpu *v, uint64_t table, int level, uint64_t va)
+{
+	const uint64_t mask = 0x000ffffffffff000ULL;
+	const uint64_t *t = (const uint64_t *)phys(v, table & mask, 4096);
+	int shift = 12 + 9 * (level - 1);
+
+	if (!t)
+		return -2;
+	for (int i = 0; i < 512; i++) {
+		uint64_t e = t[i], a = va | (uint64_t)i << shift;
+		if (!(e & 1))
+			continue;
+		if (level == 1 || (level <= 3 && (e & 0x80))) {	/* a 4 KiB, 2 MiB or 1 GiB page */
+			if ((e & mask & ~((1ULL << shift) - 1)) != a)
+				return -1;
+		} else {
+			int r = identity_table(v, e, level - 1, a);
+			if (r)
+				return r;
+		}
+	}
+	return 0;
+}
+
 /* Returns NULL, or why the guest's page tables cannot run on this Unicorn. */
 static const char *check_paging(struct vcpu *v)
 {
 	static __thread char why[128];
 	uint64_t cr0 = reg(v, UC_X86_REG_CR0), cr3 = reg(v, UC_X86_REG_CR3);
-	const uint64_t mask = 0x000ffffffffff000ULL;
+	int r;
 
 	if (v->tlb_cpu || !(cr0 & 0x80000000ULL) || cr3 == v->checked_cr3)
 		return NULL;
-	const uint64_t *pml4 = (const uint64_t *)phys(v, cr3 & mask, 4096);
-	if (!pml4)
-		goto bad_table;
-	for (int a = 0; a < 512; a++) {
-		if (!(pml4[a] & 1))
-			continue;
-		const uint64_t *pdpt = (const uint64_t *)phys(v, pml4[a] & mask, 4096);
-		if (!pdpt)
-			goto bad_table;
-		for (int b = 0; b < 512; b++) {
-			uint64_t e = pdpt[b], va = (uint64_t)a << 39 | (uint64_t)b << 30;
-			if (!(e & 1))
-				continue;
-			if (e & 0x80) {
-				if ((e & mask & ~0x3fffffffULL) != va)
-					goto not_identity;
-				continue;
-			}
-			const uint64_t *pd = (const uint64_t *)phys(v, e & mask, 4096);
-			if (!pd)
-				goto bad_table;
-			for (int c = 0; c < 512; c++) {
-				uint64_t f = pd[c], vb = va | (uint64_t)c << 21;
-				if (!(f & 1))
-					continue;
-				if (f & 0x80) {
-					if ((f & mask & ~0x1fffffULL) != vb)
-						goto not_identity;
-					continue;
-				}
-				const uint64_t *pt = (const uint64_t *)phys(v, f & mask, 4096);
-				if (!pt)
-					goto bad_table;
-				for (int d = 0; d < 512; d++)
-					if ((pt[d] & 1) && (pt[d] & mask) != (vb | (uint64_t)d << 12))
-						goto not_identity;
-			}
-		}
+	r = identity_table(v, cr3, 4, 0);
+	if (r == 0) {
+		v->checked_cr3 = cr3;
+		return NULL;
 	}
-	v->checked_cr3 = cr3;
-	return NULL;
-not_identity:
-	snprintf(why, sizeof why, "the guest maps virtual memory away from identity (CR3 0x%" PRIx64 ")", cr3);
-	return why;
-bad_table:
-	snprintf(why, sizeof why, "the guest's page tables (CR3 0x%" PRIx64 ") are not in RAM", cr3);
+	snprintf(why, sizeof why, r == -1 ? "the guest maps virtual memory away from identity (CR3 0x%" PRIx64 ")"
+					  : "the guest's page tables (CR3 0x%" PRIx64 ") are not in RAM", cr3);
 	return why;
 }
 
@@ -1557,7 +1544,7 @@ EXPORT int emu_init(void)
 	}
 	/* A guest in a loop is stopped by the deadline, at an instruction of the loop. */
 	set_reg(v, UC_X86_REG_RIP, 0x100f);
-	v->sh->deadline_ns = now_ns() + 1000000;
+	v->sh->deadline_ns = now_ns() + 200000;
 	kind = emu_run(v);
 	uint64_t rip = reg(v, UC_X86_REG_RIP);
 	if (kind != EXIT_EVENT || (rip != 0x100f && rip != 0x1012))

@@ -22,33 +22,20 @@ static void line(const char *op, u64 a, u64 b, u64 r, u64 f)
 	oracle_putc('\n');
 }
 
-/* Two-operand instruction on 64-bit and 32-bit registers, flags in `f` (masked). */
-#define OP64(name, insn, mask) \
+/* A two-operand instruction (after `pre`) on 64-bit registers, or 32-bit ones with mod "k";
+ * the flags it leaves go to `f`, masked to those it defines. */
+#define OP(name, pre, insn, mod, type, mask) \
 	static u64 name(u64 a, u64 b, u64 *f) \
 	{ \
 		u64 fl; \
-		asm volatile(insn " %2, %0\n\tpushfq\n\tpopq %1" : "+r"(a), "=r"(fl) : "r"(b) : "cc"); \
-		*f = fl & (mask); \
-		return a; \
-	}
-#define OP32(name, insn, mask) \
-	static u64 name(u64 a, u64 b, u64 *f) \
-	{ \
-		u64 fl; \
-		u32 x = a; \
-		asm volatile(insn " %k2, %k0\n\tpushfq\n\tpopq %1" : "+r"(x), "=r"(fl) : "r"(b) : "cc"); \
+		type x = a; \
+		asm volatile(pre insn " %" mod "2, %" mod "0\n\tpushfq\n\tpopq %1" : "+r"(x), "=r"(fl) : "r"(b) : "cc"); \
 		*f = fl & (mask); \
 		return x; \
 	}
-/* With the carry set first (adc/sbb). */
-#define OPC(name, insn, mask) \
-	static u64 name(u64 a, u64 b, u64 *f) \
-	{ \
-		u64 fl; \
-		asm volatile("stc\n\t" insn " %2, %0\n\tpushfq\n\tpopq %1" : "+r"(a), "=r"(fl) : "r"(b) : "cc"); \
-		*f = fl & (mask); \
-		return a; \
-	}
+#define OP64(name, insn, mask) OP(name, "", insn, "", u64, mask)
+#define OP32(name, insn, mask) OP(name, "", insn, "k", u32, mask)
+#define OPC(name, insn, mask) OP(name, "stc\n\t", insn, "", u64, mask)	/* with the carry set (adc, sbb) */
 
 OP64(add64, "addq", F_ARITH)
 OP64(sub64, "subq", F_ARITH)

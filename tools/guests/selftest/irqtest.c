@@ -28,7 +28,7 @@ struct frame {
 	u64 rip, cs, rflags, rsp, ss;
 };
 
-extern const u8 selftest_stubs[];
+extern const u8 isr_stubs[];	/* common/isr.S: 256 stubs, 16 bytes apart, calling trap() */
 static struct {
 	u16 offset0, selector;
 	u8 ist, type;
@@ -55,8 +55,9 @@ static u64 read_cr2(void) { u64 x; asm volatile("mov %%cr2, %0" : "=r"(x)); retu
 static void sti(void) { asm volatile("sti" ::: "memory"); }
 static void cli(void) { asm volatile("cli" ::: "memory"); }
 
-void selftest_trap(struct frame *f);
-void selftest_trap(struct frame *f)
+/* Every vector comes here (in place of irq.c's trap()). */
+void trap(struct frame *f);
+void trap(struct frame *f)
 {
 	u64 v = f->vector;
 
@@ -416,7 +417,7 @@ void guest_main(struct bootinfo *bi)
 	tsc_khz = bi->tsc_khz;
 	asm volatile("mov %%cs, %0" : "=r"(cs));
 	for (int v = 0; v < 256; v++) {
-		u64 a = (u64)selftest_stubs + 16 * v;
+		u64 a = (u64)isr_stubs + 16 * v;
 		idt[v].offset0 = a;
 		idt[v].selector = cs;
 		idt[v].type = 0x8e;
