@@ -33,7 +33,7 @@ async function runOnce(name: string, cmdline: string, memory: number, counting: 
   const t0 = process.hrtime.bigint();
   try { await g.runToEnd(3_600_000); } finally { g.close(); g.mem.unmap(); }
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  if (g.fatal || g.exitCode !== 0) throw new Error(`${name} ${cmdline}: ${g.fatal ?? `exit ${g.exitCode}`}`);
+  if (g.fatal || g.exitCode !== 0) throw new Error(`${name} ${cmdline}: ${g.fatal ?? `exit ${g.exitCode}`}; output ${JSON.stringify(g.output.slice(-300))}`);
   return { instructions: Number(shim.instructions()), seconds, output: g.output };
 }
 

@@ -153,5 +153,7 @@ export class ShimVcpu {
   instructions(): bigint {
     return BigInt(call('emu_instructions', T.U64, [T.U64], [this.ptr]));
   }
+  /** How often a running guest is stopped and looked at (0: the default, 10 ms). */
+  setSlice(ns: number): void { call('emu_set_slice', T.Void, [T.U64, T.U64], [this.ptr, ns]); }
   destroy(): void { call('emu_vcpu_destroy', T.Void, [T.U64], [this.ptr]); }
 }
