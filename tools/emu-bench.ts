@@ -2,10 +2,11 @@
 //
 //   node dist/tools/emu-bench.js [--iters N] [--rounds N] [--memory SIZE] [--kvm]
 //
-// How instructions are counted: each guest runs twice with the same arguments, once with a
-// per-instruction counting hook (exact, slow) and once timed without it; the guests are
-// deterministic (their control flow does not depend on time), so the count of the first is the
-// count of the second. The timed run is measured from the first instruction to the exit port
+// How instructions are counted: each guest runs twice with the same arguments, once counting
+// (every translated block executed adds the number of guest instructions Unicorn put in it;
+// exact for these guests, which take no exceptions in the middle of a block) and once timed
+// without counting; the guests are deterministic (their control flow does not depend on time),
+// so the count of the first is the count of the second. The timed run is measured from the first instruction to the exit port
 // (VM creation and ELF loading excluded; the guests' serial output included). With --kvm the same
 // guests also run under KVM through today's CLI for a ratio measured in the same run: the KVM
 // time is the whole process's minus that of `hello` (process start-up and VM creation).
