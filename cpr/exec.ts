@@ -123,11 +123,12 @@ export async function incomingExec(migrators: Migrators, entryTime: bigint, earl
   const loaded = now();
   const h = takeHandoff(process.env);
   const state: CprState = decodeState(readSealedState(h.stateFd));
+  const decoded = now();
   cprAdoptFds(state.fds);
   const choice = accelArg(process.argv.slice(2));
   if (choice) state.vmm.machine.config.accel = choice;
   const { accel } = await openAccelerator(choice ?? state.vmm.machine.accel);
-  return Vmm.fromState(state.vmm, accel, migrators, { mode: 'cpr-exec', saved: h.saved, sent: h.sent, arrived: entryTime, loaded }, {
+  return Vmm.fromState(state.vmm, accel, migrators, { mode: 'cpr-exec', saved: h.saved, sent: h.sent, arrived: entryTime, loaded, decoded }, {
     signals: early,
     inject: takeInject(),
     afterResume: () => { cprCloseOnExec(); restoreEnv(); },

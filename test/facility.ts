@@ -15,6 +15,10 @@ async function probeAccel(): Promise<{ kind?: AccelKind; reason?: string }> {
   try { return { kind: (await openAccelerator(ACCEL_CHOICE)).accel.kind }; } catch (e) { return { reason: `no accelerator for MINIVMM_ACCEL=${ACCEL_CHOICE}: ${(e as Error).message}` }; }
 }
 const accel = await probeAccel();
+/** Why the emulator cannot run here (its own one-line reason), or null. */
+const emuReason = await (async () => {
+  try { (await import('../src/accel/emu/index.js')).EmuAccelerator.open(); return null; } catch (e) { return (e as Error).message; }
+})();
 /** Which accelerator runs the guests ('kvm' or 'emu'), undefined if none can. */
 export const ACCEL: AccelKind | undefined = accel.kind;
 
@@ -26,15 +30,12 @@ const checks = {
   guest: { ci: true, missing: () => accel.reason ?? null },
   /** /dev/kvm itself, for tests about KVM (a CI machine may lack it: they skip). */
   kvm: { ci: false, missing: () => (usable('/dev/kvm') ? null : 'no usable /dev/kvm') },
-  /** The emulator itself, for tests about it. */
-  emu: { ci: true, missing: () => null as string | null },
+  /** The emulator itself, for tests about it (CI must have it: the project installs it). */
+  emu: { ci: true, missing: () => emuReason },
   fuse: { ci: true, missing: () => (usable('/dev/fuse') ? null : 'no usable /dev/fuse') },
   root: { ci: true, missing: () => (process.getuid?.() === 0 ? null : 'not running as root') },
 };
 export type Facility = keyof typeof checks;
-
-/** Registers an emu facility check (the emulator's own module decides what it needs). */
-export function setEmuCheck(f: () => string | null): void { checks.emu.missing = f; }
 
 const underCi = process.env.CI === 'true';
 

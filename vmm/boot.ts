@@ -4,7 +4,7 @@
 //   0x100000 and up: the guest image.
 import { readFileSync, statSync } from 'node:fs';
 import { GuestMemory, GiB } from '../src/memory.js';
-import type { Vcpu, Segment } from '../src/accel/index.js';
+import type { Vcpu, Segment, CpuState, Gprs } from '../src/accel/index.js';
 
 export const GDT_ADDR = 0x500, BOOT_INFO_ADDR = 0x6000, PML4_ADDR = 0x10000, INITIAL_RSP = 0x80000, IMAGE_MIN = 0x100000;
 const PAGE_TABLES_END = 0x80000;
@@ -112,14 +112,21 @@ export function prepareBoot(mem: GuestMemory, imagePath: string, cpus: number, d
 /** Puts vCPU `index` in 64-bit long mode at `entry` (the boot contract in the README). Secondary vCPUs park in the guest's own way (same entry, RSI = index). */
 export function setupLongMode(vcpu: Vcpu, entry: number, index: number): void {
   const s = vcpu.getState();
-  s.segments = { ...s.segments, cs: CODE64, ds: DATA, es: DATA, fs: DATA, gs: DATA, ss: DATA, tr: TSS };
-  s.gdt = { base: BigInt(GDT_ADDR), limit: 31 };
-  s.idt = { base: 0n, limit: 0 };
-  s.cr0 = 0x80050033n; // PG | AM | WP | NE | ET | MP | PE
-  s.cr3 = BigInt(PML4_ADDR);
-  s.cr4 = 0x20n; // PAE
-  s.efer = 0x500n; // LME | LMA
-  const zero = Object.fromEntries(Object.keys(s.regs).map((k) => [k, 0n])) as typeof s.regs;
-  s.regs = { ...zero, rip: BigInt(entry), rflags: 0x2n, rsp: BigInt(INITIAL_RSP - index * 0x1000), rdi: BigInt(BOOT_INFO_ADDR), rsi: BigInt(index) };
-  vcpu.setState(s);
+  const { regs, ...entryState } = longModeEntryState(entry, index);
+  const zero = Object.fromEntries(Object.keys(s.regs).map((k) => [k, 0n])) as Gprs;
+  vcpu.setState({ ...s, ...entryState, regs: { ...zero, ...regs } });
+}
+
+/** The long-mode entry of vCPU `index` as neutral state, merged into the vCPU's own by setupLongMode. */
+function longModeEntryState(entry: number, index: number): Pick<CpuState, 'segments' | 'gdt' | 'idt' | 'cr0' | 'cr3' | 'cr4' | 'efer'> & { regs: Partial<Gprs> } {
+  return {
+    segments: {
+      cs: CODE64, ds: DATA, es: DATA, fs: DATA, gs: DATA, ss: DATA, tr: TSS,
+      ldt: { base: 0n, limit: 0, selector: 0, type: 0, present: 0, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 1 },
+    },
+    gdt: { base: BigInt(GDT_ADDR), limit: 31 }, idt: { base: 0n, limit: 0 },
+    cr0: 0x80050033n, // PG | AM | WP | NE | ET | MP | PE
+    cr3: BigInt(PML4_ADDR), cr4: 0x20n /* PAE */, efer: 0x500n /* LME | LMA */,
+    regs: { rip: BigInt(entry), rflags: 0x2n, rsp: BigInt(INITIAL_RSP - index * 0x1000), rdi: BigInt(BOOT_INFO_ADDR), rsi: BigInt(index) },
+  };
 }

@@ -12,7 +12,12 @@ export class GuestExit extends Error { constructor(readonly code: number) { supe
 /** Extra pool threads for the vCPUs: each blocks one for as long as the guest runs. */
 export const POOL_RESERVE = 4;
 
-interface Loop { vcpu: Vcpu; inRun: boolean; parked?: () => void; done: Promise<void> }
+/**
+ * `atBoundary`: the vCPU's last run ended between two instructions. After an I/O or MMIO exit it
+ * did not: the accelerator completes that instruction (a port IN takes its value) only when it is
+ * entered again, so its state is not whole until then (KVM_RUN and emu alike).
+ */
+interface Loop { vcpu: Vcpu; inRun: boolean; atBoundary: boolean; parked?: () => void; done: Promise<void> }
 
 export class Vcpus {
   private loops: Loop[] = [];
@@ -30,7 +35,7 @@ export class Vcpus {
     if (!paused) this.firstRunAt ??= performance.now();
     this.pauseRequested = paused;
     for (const vcpu of vcpus) {
-      const loop: Loop = { vcpu, inRun: false, done: Promise.resolve() };
+      const loop: Loop = { vcpu, inRun: false, atBoundary: true, done: Promise.resolve() };
       loop.done = this.run(loop).catch((e) => this.onEvent({ type: 'fatal', message: `vCPU ${vcpu.id}: ${(e as Error).message}` }));
       this.loops.push(loop);
     }
@@ -39,15 +44,19 @@ export class Vcpus {
   private async run(loop: Loop): Promise<void> {
     const { vcpu } = loop;
     while (!this.stopped) {
-      if (this.pauseRequested) {
+      if (this.pauseRequested && loop.atBoundary) {
         vcpu.clearExitRequest();
         loop.parked?.();
         await new Promise<void>((r) => this.resumeWaiters.push(r));
         continue;
       }
       loop.inRun = true;
+      // Pausing in the middle of an instruction: enter once more to complete it; the exit request
+      // makes the run return at once after that.
+      if (this.pauseRequested) vcpu.requestExit();
       const exit = await vcpu.run();
       loop.inRun = false;
+      loop.atBoundary = exit.kind === 'interrupted' || exit.kind === 'hlt';
       if (!this.handleExit(exit)) return;
     }
   }

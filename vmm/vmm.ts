@@ -53,6 +53,7 @@ export interface Arrival {
   sent: bigint; // old image: execve called / message sent
   arrived: bigint; // this image: first JS statement / message received
   loaded: bigint; // this image: modules loaded
+  decoded?: bigint; // this image: state decoded (then the accelerator opened); absent: at once
 }
 
 export interface RestoreOptions {
@@ -391,7 +392,8 @@ function updateResult(u: UpdateRecord, a: Arrival, t: { decoded: bigint; vm: big
       restore: round(ms(a.arrived, t.devices)),
       resume: round(ms(t.devices, t.resumed)),
       load: round(ms(a.arrived, a.loaded)),
-      decode: round(ms(a.loaded, t.decoded)),
+      decode: round(ms(a.loaded, a.decoded ?? t.decoded)),
+      accel: round(ms(a.decoded ?? t.decoded, t.decoded)), // opening the accelerator (the emulator loads libunicorn)
       vm: round(ms(t.decoded, t.vm)),
       devices: round(ms(t.vm, t.devices)),
       new_owner: sum('newOwner'),

@@ -32,5 +32,6 @@ async function openKvm(): Promise<Accelerator> {
 export function isAccelChoice(v: unknown): v is AccelChoice { return ACCEL_CHOICES.includes(v as AccelChoice); }
 
 async function openEmu(): Promise<Accelerator> {
-  throw new AccelUnavailable('the emu accelerator is not in this build yet');
+  const { EmuAccelerator } = await import('./emu/index.js');
+  return EmuAccelerator.open();
 }

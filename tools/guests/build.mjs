@@ -17,7 +17,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..', '..');
 const outDir = join(root, 'dist', 'guests');
 
-const CFLAGS = [
+export const CFLAGS = [
   '-m64', '-march=x86-64', '-mtune=generic', '-mgeneral-regs-only', '-mno-red-zone',
   '-mno-sse', '-mno-mmx', '-mno-80387',
   '-ffreestanding', '-fno-pic', '-fno-stack-protector',
@@ -51,15 +51,22 @@ const deps = [
   ...['include/bootinfo.h', 'link.ld', 'build.mjs'].map((f) => join(here, f)),
 ];
 
+/**
+ * gcc arguments that build `sources` (with the shared runtime in common/) into a toy guest ELF at
+ * `out`, at optimization level `opt` (e.g. '-O0', '-Os'). Also used by tests that build guests.
+ */
+export function guestGccArgs(sources, out, opt = '-O2') {
+  return [...CFLAGS.map((f) => (f === '-O2' ? opt : f)), '-T', join(here, 'link.ld'), '-I', join(here, 'include'),
+    '-I', join(here, 'common'), ...common, ...sources, '-o', out];
+}
+
 function compile(name) {
   const src = join(here, `${name}.c`);
   const elf = join(outDir, `${name}.elf`);
   const newest = Math.max(...[src, ...deps].map(mtime));
   if (existsSync(elf) && mtime(elf) >= newest) return 'up to date';
 
-  const args = [...CFLAGS, '-T', join(here, 'link.ld'), '-I', join(here, 'include'),
-    '-I', join(here, 'common'), ...common, src, '-o', elf];
-  const r = spawnSync('gcc', args, { encoding: 'utf8' });
+  const r = spawnSync('gcc', guestGccArgs([src], elf), { encoding: 'utf8' });
   if (r.error) fail(`${name}: cannot run gcc: ${r.error.message}`);
   process.stderr.write(r.stderr); // warnings too
   if (r.status !== 0) {
@@ -116,19 +123,24 @@ function fail(msg) {
   process.exit(1);
 }
 
-const all = readdirSync(here).filter((f) => f.endsWith('.c')).map((f) => f.slice(0, -2)).sort();
-const wanted = process.argv.slice(2);
-for (const w of wanted) if (!all.includes(w)) fail(`no guest named ${w} (have: ${all.join(' ')})`);
+// The build itself, when run as a script (not when imported for guestGccArgs).
+if (process.argv[1] === fileURLToPath(import.meta.url)) main();
 
-mkdirSync(outDir, { recursive: true });
-for (const name of wanted.length ? wanted : all) {
-  const state = compile(name);
-  const elf = join(outDir, `${name}.elf`);
-  const [count, bad] = checkInstructions(elf);
-  const errs = [...checkElf(elf), ...bad.map((l) => `non-baseline instruction: ${l}`)];
-  if (errs.length) {
-    unlinkSync(elf); // never leave a guest around that the emulator cannot run
-    fail(`${name}:\n  ${errs.join('\n  ')}`);
+function main() {
+  const all = readdirSync(here).filter((f) => f.endsWith('.c')).map((f) => f.slice(0, -2)).sort();
+  const wanted = process.argv.slice(2);
+  for (const w of wanted) if (!all.includes(w)) fail(`no guest named ${w} (have: ${all.join(' ')})`);
+
+  mkdirSync(outDir, { recursive: true });
+  for (const name of wanted.length ? wanted : all) {
+    const state = compile(name);
+    const elf = join(outDir, `${name}.elf`);
+    const [count, bad] = checkInstructions(elf);
+    const errs = [...checkElf(elf), ...bad.map((l) => `non-baseline instruction: ${l}`)];
+    if (errs.length) {
+      unlinkSync(elf); // never leave a guest around that the emulator cannot run
+      fail(`${name}:\n  ${errs.join('\n  ')}`);
+    }
+    console.log(`guest ${name}: ${state} ${rel(elf)} (${count} instructions, baseline ok)`);
   }
-  console.log(`guest ${name}: ${state} ${rel(elf)} (${count} instructions, baseline ok)`);
 }
