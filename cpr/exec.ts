@@ -81,7 +81,7 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
   const argv = command ?? defaultCommand();
   await warmUpCodec();
   const qmp = vmm.qmp;
-  const t = { pauseStart: now(), paused: 0n };
+  const t = { pauseStart: now(), paused: 0n, requested: vmm.migration.requested };
   const wasRunning = vmm.machine.running;
   vmm.migration.status = 'active';
   qmp?.event('MIGRATION', { status: 'active' });

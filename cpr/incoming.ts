@@ -124,6 +124,7 @@ export async function restoreVm(state: CprState, h: Handoff, hooks: { beforeResu
     path: devices.length === 0 ? 'none' : devices.some((d) => d.path === 'fallback') ? 'fallback' : 'new-owner',
     devices,
     downtime: round(ms(u.t.pauseStart, t.resumed)),
+    setup: round(ms(u.t.requested ?? u.t.pauseStart, u.t.pauseStart)),
     phases: {
       pause: round(ms(u.t.pauseStart, u.t.paused)),
       save: round(ms(u.t.paused, h.saved)),

@@ -52,7 +52,7 @@ export interface UpdateRecord {
   mode: 'cpr-exec' | 'cpr-transfer';
   /** process.hrtime (CLOCK_MONOTONIC) in ns, comparable across exec. Later times (state written,
    *  exec/send) cannot be in the sealed state: they travel beside it. */
-  t: { pauseStart: bigint; paused: bigint };
+  t: { pauseStart: bigint; paused: bigint; requested?: bigint };
   history: { n: number; downtime: number; path: string; phases: Record<string, number> }[];
 }
 
@@ -168,7 +168,7 @@ function validate(s: CprState): void {
   need(s.machine && s.machine.config && typeof s.machine.config.guest === 'string', 'machine.config');
   need(Array.isArray(s.machine.memory) && s.machine.memory.length > 0, 'machine.memory');
   need(Array.isArray(s.machine.vcpus) && s.machine.vcpus.length === s.machine.config.smp, 'machine.vcpus');
-  need(s.update && typeof s.update === 'object' && s.update.t && typeof s.update.t.pauseStart === 'bigint' && typeof s.update.t.paused === 'bigint' && Array.isArray(s.update.history), 'update record');
+  need(s.update && typeof s.update === 'object' && s.update.t && typeof s.update.t.pauseStart === 'bigint' && typeof s.update.t.paused === 'bigint' && (s.update.t.requested == null || typeof s.update.t.requested === 'bigint') && Array.isArray(s.update.history), 'update record');
   for (const v of s.machine.vcpus) need(v && Buffer.isBuffer(v.regs) && Buffer.isBuffer(v.sregs) && Buffer.isBuffer(v.lapic) && Buffer.isBuffer(v.msrs) && Buffer.isBuffer(v.events), 'vcpu registers');
   need(Buffer.isBuffer(s.machine.cpuid) && Buffer.isBuffer(s.machine.pit), 'cpuid/pit');
   need(Array.isArray(s.fds) && s.fds.every((f) => f && typeof f.name === 'string' && Number.isInteger(f.id) && Number.isInteger(f.fd) && f.fd >= 0), 'fds');

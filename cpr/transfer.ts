@@ -61,7 +61,7 @@ export async function cprTransfer(vmm: Vmm, uri: string, timeoutMs = DEFAULT_TRA
 
   vmm.migration.status = 'active';
   qmp?.event('MIGRATION', { status: 'active' });
-  const t = { pauseStart: now(), paused: 0n };
+  const t = { pauseStart: now(), paused: 0n, requested: vmm.migration.requested };
   const wasRunning = vmm.machine.running;
   await vmm.machine.pause();
   t.paused = now();

@@ -1,5 +1,6 @@
 // `minivmm update`: drive one cpr-exec live update over QMP and report it. The connection drops
-// when the VMM exec's; the listening socket survives, so we reconnect and ask the new image.
+// when the VMM exec's; the listening socket survives, so we reconnect and poll query-migrate on the
+// new image (no one is connected when it resumes, so its MIGRATION event reaches nobody).
 import { QmpConnection } from './qmp.js';
 
 /**
@@ -9,6 +10,7 @@ import { QmpConnection } from './qmp.js';
 export async function runUpdate(socket: string, execArgv: string[] | null, timeoutMs = 60_000, extra: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
   const { uri = 'file:/dev/null', ...params } = extra;
   const c = await QmpConnection.connect(socket);
+  await c.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
   await c.execute('migrate-set-parameters', { mode: 'cpr-exec', 'cpr-exec-command': execArgv ?? [], ...params });
   await c.execute('migrate', { uri });
   // Either the old image reports failure (exec failed, guest kept) or the connection closes (exec).
