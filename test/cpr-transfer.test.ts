@@ -7,7 +7,7 @@ import { processAlive } from '../src/libc.js';
 import { runUpdate } from '../vmm/update.js';
 import { parseStats } from '../vmm/demo.js';
 
-type Result = { status: string; downtime: number; rolled_back?: boolean; 'error-desc'?: string; cpr: { mode: string; path: string; devices: { path: string }[] } };
+type Result = { status: string; downtime: number; 'x-rolled-back'?: boolean; 'error-desc'?: string; 'x-cpr': { mode: string; path: string; devices: { path: string }[] } };
 
 let vm: MovingVm | undefined;
 afterEach(async () => { await vm?.killAll(); vm = undefined; });
@@ -44,9 +44,9 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
       const mark = vm.out.length;
       const { r } = await transfer(vm);
       expect(r.status, r['error-desc']).toBe('completed');
-      expect(r.cpr.mode).toBe('cpr-transfer');
-      expect(r.rolled_back).toBe(false);
-      for (const d of r.cpr.devices) expect(d.path).toBe('new-owner');
+      expect(r['x-cpr'].mode).toBe('cpr-transfer');
+      expect(r['x-rolled-back']).toBe(false);
+      for (const d of r['x-cpr'].devices) expect(d.path).toBe('new-owner');
       expect(r.downtime).toBeLessThan(1000);
       await new Promise((res) => old.exitCode !== null ? res(null) : old.once('close', res));
       expect(old.exitCode).toBe(0); // the old process left after the commit
@@ -61,7 +61,7 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
     const mark = vm.out.length;
     const { r, child } = await transfer(vm, { ...process.env, MINIVMM_INJECT: 'new-process-crash' });
     expect(r.status).toBe('failed');
-    expect(r.rolled_back).toBe(true);
+    expect(r['x-rolled-back']).toBe(true);
     expect(r['error-desc']).toMatch(/rolled back/);
     expect(child.signalCode ?? 'KILLED').toBeTruthy();
     expect(old.exitCode).toBeNull();
@@ -79,7 +79,7 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
     const mark = vm.out.length;
     const r = await runUpdate(vm.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}`, 'x-transfer-timeout-ms': 1000 }) as Result;
     expect(r.status).toBe('failed');
-    expect(r.rolled_back).toBe(true);
+    expect(r['x-rolled-back']).toBe(true);
     expect(r['error-desc']).toMatch(/not ready within 1000 ms/);
     await new Promise((res) => (child.signalCode ? res(null) : child.once('close', res)));
     expect(child.signalCode).toBe('SIGKILL');
@@ -95,7 +95,7 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
     const mark = vm.out.length;
     const r = await runUpdate(vm.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}`, 'x-transfer-timeout-ms': 1000 }) as Result;
     expect(r.status).toBe('failed');
-    expect(r.rolled_back).toBeUndefined(); // nothing to roll back: the guest never paused
+    expect(r['x-rolled-back']).toBeUndefined(); // nothing to roll back: the guest never paused
     expect(r['error-desc']).toMatch(/failed before pausing the guest: no answer within 1000 ms/);
     await new Promise((res) => (child.signalCode ? res(null) : child.once('close', res)));
     expect(child.signalCode).toBe('SIGKILL');
@@ -108,7 +108,7 @@ describeWith(['kvm', 'fuse', 'root'], 'cpr-transfer', () => {
     const r = await runUpdate(vm.qmpPath, null, 10_000, { mode: 'cpr-transfer', uri: `unix:${vm.dir}/nobody.sock` }) as Result;
     expect(r.status).toBe('failed');
     expect(r['error-desc']).toMatch(/cannot reach the new process/);
-    expect(r.rolled_back).toBeUndefined();
+    expect(r['x-rolled-back']).toBeUndefined();
     const mark = vm.out.length;
     await vm.waitFor(/^counter /m, 10_000, mark);
   }, 60_000);

@@ -3,10 +3,11 @@
 import { edgeU32, type Rng } from './prng.js';
 
 export const COMMANDS: Record<string, string[]> = {
-  'query-status': [], 'query-version': [], stop: [], cont: [], 'query-migrate': [], 'query-migrate-parameters': [],
-  'x-query-stats': [], 'x-query-vdpa': [], qmp_capabilities: [],
-  'migrate-set-parameters': ['mode', 'cpr-exec-command', 'x-vdpa-path', 'cpr-transfer-path', 'incoming'],
-  migrate: ['uri', 'detach', 'resume', 'blk'],
+  'query-status': [], 'query-version': [], 'query-kvm': [], stop: [], cont: [], 'query-migrate': [], 'query-migrate-parameters': [],
+  'x-query-stats': [], 'x-query-vdpa': [], qmp_capabilities: ['enable'], 'query-migrate-capabilities': [],
+  'migrate-set-capabilities': ['capabilities'],
+  'migrate-set-parameters': ['mode', 'cpr-exec-command', 'x-vdpa-path', 'x-transfer-timeout-ms', 'cpr-transfer-path', 'incoming'],
+  migrate: ['uri', 'channels', 'detach', 'resume', 'blk'],
 };
 const FORBIDDEN = new Set(['quit', 'system_powerdown', 'system_reset']);
 
@@ -90,12 +91,15 @@ export function garbage(r: Rng): Buffer {
   return b;
 }
 
-/** How many replies the server owes for `data` (non-empty lines after trim, as QmpServer splits). */
-export function expectedReplies(data: Buffer): number {
-  const text = new TextDecoder('utf-8').decode(data);
-  const parts = text.split('\n');
-  parts.pop(); // the part after the last newline is still pending
-  return parts.filter((l) => l.trim() !== '').length;
+/**
+ * What a client sends to force QMP's JSON parser into a known state (QMP spec: provoke a lexical
+ * error with a control character other than tab, CR, LF). The server answers it with one error.
+ */
+export const RESYNC = '\u0004';
+
+/** A line that is one whole JSON text: the server owes it a reply, before the resync's own. */
+export function isJsonText(line: Buffer): boolean {
+  try { JSON.parse(new TextDecoder('utf-8').decode(line)); return true; } catch { return false; }
 }
 
 export const nested = (depth: number, open = '[', close = ']'): string => open.repeat(depth) + close.repeat(depth);
