@@ -176,7 +176,11 @@ export class JsonMessageReader {
     const tokens = this.tokens;
     this.reset();
     let value: unknown;
-    try { value = new Parser(tokens).message(); } catch (e) { this.sink(undefined, `JSON parse error, ${(e as Error).message}`); return; }
+    try { value = new Parser(tokens).message(); } catch (e) {
+      // QEMU formats the message into 1024 bytes: a long keyword or escape is cut there.
+      this.sink(undefined, `JSON parse error, ${Buffer.from((e as Error).message).subarray(0, 1023).toString()}`);
+      return;
+    }
     this.sink(value);
   }
 
@@ -200,7 +204,8 @@ export class JsonMessageReader {
   }
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a U+FEFF is content here (the decoder would drop one at the start of each string).
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 const NONCHARACTER = /\p{Noncharacter_Code_Point}/u;
 
 /** Modified UTF-8 as QEMU takes it: strict UTF-8, "\xC0\x80" for NUL, no noncharacters. */
@@ -231,13 +236,14 @@ function decodeString(text: Buffer): string {
     if (ESCAPES[e] !== undefined) { out += ESCAPES[e]; i = bs + 2; continue; }
     if (e !== 0x75) throw new Error('invalid escape sequence in string');
     const hex = (at: number) => { const h = body.subarray(at, at + 4).toString('latin1'); return /^[0-9a-fA-F]{4}$/.test(h) ? parseInt(h, 16) : -1; };
-    const bad = (at: number) => new Error(`\\u${body.subarray(at, at + 4).toString('latin1')} is not a valid Unicode character`);
+    // QEMU quotes the four bytes after \u from the whole token, its closing quote included.
+    const bad = (at: number) => new Error(`\\u${text.subarray(at + 1, at + 5).toString('utf8')} is not a valid Unicode character`);
     let cp = hex(bs + 2);
     i = bs + 6;
     if (cp < 0) throw bad(bs + 2);
     if (cp >= 0xd800 && cp <= 0xdbff && body[i] === 0x5c && body[i + 1] === 0x75) {
       const low = hex(i + 2);
-      if (low < 0xdc00 || low > 0xdfff) throw bad(i + 2);
+      if (low < 0xdc00 || low > 0xdfff) throw bad(bs + 2); // QEMU names the leading one
       cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
       i += 6;
     }

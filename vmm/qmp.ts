@@ -101,6 +101,8 @@ export class QmpServer {
     this.register('qmp_capabilities', {
       args: { '*enable': { list: { enum: ['oob'] } } },
       run: (args, { client }) => {
+        // After its arguments, as QEMU: a bad argument is a GenericError even once negotiated.
+        if (client.negotiated) throw new QmpError('Capabilities negotiation is already complete, command ignored', 'CommandNotFound');
         // The greeting offers nothing, so any capability asked for is unavailable.
         const wanted = (args.enable as string[] | undefined) ?? [];
         if (wanted.length) throw new QmpError(`Capability ${[...new Set(wanted)].join(', ')} not available`);
@@ -108,6 +110,7 @@ export class QmpServer {
         return {};
       },
     });
+    this.register('query-commands', { run: () => [...this.commands.keys()].map((name) => ({ name })) });
   }
 
   /** Stop accepting connections (a cpr-transfer peer takes the socket over); clients stay. */
@@ -210,7 +213,6 @@ export class QmpServer {
     if (!has(msg, 'execute')) return fail("QMP input lacks member 'execute'");
     const name = msg.execute as string;
     if (!client.negotiated && name !== 'qmp_capabilities') return fail("Expecting capabilities negotiation with 'qmp_capabilities'", 'CommandNotFound');
-    if (client.negotiated && name === 'qmp_capabilities') return fail('Capabilities negotiation is already complete, command ignored', 'CommandNotFound');
     const command = this.commands.get(name);
     if (!command) return fail(`The command ${name} has not been found`, 'CommandNotFound');
     const args = (msg.arguments ?? {}) as Record<string, unknown>;

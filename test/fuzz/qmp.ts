@@ -35,13 +35,16 @@ export function junkValue(r: Rng, depth = 0): unknown {
   }
 }
 
+/** Commands QEMU and minivmm both have, taking the same arguments (none). */
+export const SHARED_COMMANDS: Record<string, string[]> = { 'query-status': [], 'query-version': [], 'query-kvm': [], stop: [], cont: [], 'query-migrate': [] };
+
 /** A command with random arguments; a `migrate` never carries a startable uri. */
-export function commandLine(r: Rng): { obj: Record<string, unknown>; text: string } {
-  const name = r.pick(Object.keys(COMMANDS));
+export function commandLine(r: Rng, commands = COMMANDS): { obj: Record<string, unknown>; text: string } {
+  const name = r.pick(Object.keys(commands));
   const obj: Record<string, unknown> = { execute: name };
   if (r.bool(0.85)) {
     const args: Record<string, unknown> = {};
-    for (const p of COMMANDS[name]) if (r.bool(0.6)) args[p] = junkValue(r);
+    for (const p of commands[name]) if (r.bool(0.6)) args[p] = junkValue(r);
     if (r.bool(0.3)) args[r.pick(['', 'foo', 'MODE', '__proto__', r.str(8)])] = junkValue(r);
     obj.arguments = r.bool(0.9) ? args : junkValue(r);
   }
@@ -62,8 +65,8 @@ export function unknownCommand(r: Rng): string {
 }
 
 /** A valid line mangled: characters dropped, inserted, swapped, truncated. */
-export function malformed(r: Rng): string {
-  let s = commandLine(r).text;
+export function malformed(r: Rng, commands = COMMANDS): string {
+  let s = commandLine(r, commands).text;
   const n = 1 + r.int(4);
   for (let i = 0; i < n; i++) {
     const at = r.int(s.length + 1);
