@@ -226,15 +226,17 @@ const DIFFERENCES = {
 
 describeWith(['qemu'], 'the same bytes to QEMU and to minivmm', () => {
   const dir = tempDir('minivmm-qemu-');
-  const qemus: ChildProcess[] = [];
+  const qemus = new Map<string, ChildProcess>();
+  /** How a QEMU ended, for a failure message (a closed connection is otherwise a mystery). */
+  const fate = (path: string) => { const p = qemus.get(path); return p ? `qemu exit ${p.exitCode} signal ${p.signalCode}` : 'minivmm'; };
   let mini: Awaited<ReturnType<typeof standIn>>;
   const miniPath = join(dir, 'minivmm.sock');
 
   /** A QEMU with no machine at all: just its monitor. */
   async function qemu(name: string): Promise<string> {
     const path = join(dir, `${name}.sock`);
-    const p = spawn('qemu-system-x86_64', ['-machine', 'none', '-nodefaults', '-display', 'none', '-qmp', `unix:${path},server=on,wait=off`], { stdio: 'ignore' });
-    qemus.push(p);
+    const p = spawn('qemu-system-x86_64', ['-machine', 'none', '-nodefaults', '-display', 'none', '-qmp', `unix:${path},server=on,wait=off`], { stdio: ['ignore', 'ignore', 'inherit'] });
+    qemus.set(path, p);
     for (let i = 0; i < 500; i++) {
       if (p.exitCode !== null) throw new Error(`qemu-system-x86_64 exited (${p.exitCode})`);
       if (existsSync(path)) { try { (await RawQmp.connect(path)).s.destroy(); return path; } catch { /* not listening yet */ } }
@@ -244,7 +246,7 @@ describeWith(['qemu'], 'the same bytes to QEMU and to minivmm', () => {
   }
   let qemuPath: string;
   beforeAll(async () => { qemuPath = await qemu('qemu'); mini = await standIn(miniPath); });
-  afterAll(() => { for (const p of qemus) p.kill('SIGKILL'); mini?.server.close(); });
+  afterAll(() => { for (const p of qemus.values()) p.kill('SIGKILL'); mini?.server.close(); });
 
   // Each case: the writes, whether to negotiate first, and whether the error texts must match too.
   const cases: { name: string; parts: (string | Buffer)[]; negotiate?: boolean; sameWording?: boolean; shapeOf?: boolean; before?: () => void }[] = [
@@ -292,7 +294,8 @@ describeWith(['qemu'], 'the same bytes to QEMU and to minivmm', () => {
       for (let i = 0; i < 250 && info.status !== 'completed'; i++) {
         const n = c.lines.length;
         c.s.write('{"execute":"query-migrate","id":"q"}');
-        await c.until(() => c.messages().slice(n).some((x) => x.id === 'q'), 5000);
+        const answered = await c.until(() => c.messages().slice(n).some((x) => x.id === 'q'), 5000);
+        if (!answered) throw new Error(`no answer to query-migrate (connection ${c.closed ? 'closed' : 'open'}, ${fate(path)}): ${JSON.stringify(c.lines).slice(0, 800)}`);
         info = c.messages().slice(n).find((x) => x.id === 'q')!.return as Record<string, unknown>;
         if (info.status !== 'completed') await pause();
       }
