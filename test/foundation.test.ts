@@ -190,6 +190,27 @@ describeWith(['kvm'], 'QMP monitor', () => {
     c.close();
   });
 
+  it("several clients' stop and cont run one at a time (QEMU's single dispatcher): the guest runs afterwards", async () => {
+    const busy = await VmProcess.start(['--guest', 'counter']);
+    others.push(busy);
+    await busy.waitFor(/counter \d+ tsc \d+ round \d+\n/);
+    const net = await import('node:net');
+    const connect = () => new Promise<import('node:net').Socket>((res) => { const s = net.connect(busy.qmpPath); s.once('connect', () => res(s)); });
+    for (let round = 0; round < 10; round++) {
+      const all = await Promise.all([connect(), connect(), connect()]);
+      for (const s of all) s.write('{"execute":"qmp_capabilities"}{"execute":"stop"}{"execute":"cont"}{"execute":"stop"}');
+      await new Promise((r) => setTimeout(r, 50));
+      for (const s of all) s.destroy();
+    }
+    const { QmpConnection } = await import('../vmm/qmp.js');
+    const c = await QmpConnection.connect(busy.qmpPath);
+    await c.execute('cont');
+    expect(await c.execute('query-status')).toMatchObject({ running: true });
+    const mark = busy.stdout.length;
+    await busy.waitFor(/counter \d+ tsc \d+ round \d+\n/, 10_000, mark); // the vCPUs really run
+    c.close();
+  });
+
   it('SHUTDOWN says host-signal for SIGTERM and guest-shutdown when the guest ends', async () => {
     const { QmpConnection } = await import('../vmm/qmp.js');
     const signalled = await VmProcess.start(['--guest', 'counter']);

@@ -86,12 +86,20 @@ export interface QmpCommand {
   run(args: Record<string, unknown>, ctx: CommandContext): unknown;
 }
 
+/** Requests read ahead of the one running, at most (then reading pauses). */
+const MAX_WAITING = 64;
+
 type Version = { major: number; minor: number; micro: number; package: string };
 
 export class QmpServer {
   private server: net.Server;
   private clients = new Set<QmpClient>();
   private commands = new Map<string, QmpCommand>();
+  /**
+   * Every client's commands, one at a time, in arrival order (QEMU's single dispatcher, no oob):
+   * two clients' stop and cont must not interleave. A failure in one never takes the VMM down.
+   */
+  private queue = Promise.resolve();
   /** Which events are sent (the monitor sends MIGRATION only with the `events` capability, as QEMU). */
   eventFilter: (name: string) => boolean = () => true;
 
@@ -180,12 +188,14 @@ export class QmpServer {
     socket.on('close', () => this.clients.delete(client));
     socket.on('error', () => socket.destroy());
     client.send({ QMP: { version: this.versionInfo, capabilities: [] } });
-    // One command at a time, in order (QEMU without oob); a failure in one never takes the VMM down.
-    let chain = Promise.resolve();
+    // Like QEMU's monitor_suspend(), reading stops while too many are waiting: a flood is held
+    // back in the socket, not queued here.
+    let waiting = 0;
     const reader = new JsonMessageReader((value, error) => {
-      chain = chain.then(() => this.dispatch(client, value, error)).catch((e) => {
+      if (++waiting === MAX_WAITING) socket.pause();
+      this.queue = this.queue.then(() => this.dispatch(client, value, error)).catch((e) => {
         client.send({ error: { class: 'GenericError', desc: `internal error: ${(e as Error).message}` } });
-      });
+      }).finally(() => { if (waiting-- === MAX_WAITING) socket.resume(); });
     });
     socket.on('data', (chunk: Buffer) => reader.feed(chunk));
   }
