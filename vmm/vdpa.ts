@@ -1,6 +1,6 @@
 // `--vdpa` devices: a vhost-vdpa node path, or `sim:net|sim:blk[,va|pa][,no-new-owner]`, served by
 // the embedded device daemon (started here, for the VM's lifetime: it survives our exec).
-import { mkdtempSync, rmdirSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmdirSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
@@ -139,6 +139,16 @@ export function watchDaemon(vmm: Vmm): void {
 }
 
 /**
+ * Reaps `pid` as soon as the kernel lets us: a killed multithreaded process shows as a zombie
+ * before waitpid can take it (its other threads are still exiting), so one WNOHANG try can miss.
+ */
+function reapWhenDone(pid: number): void {
+  if (reapChild(pid)) return;
+  const timer = setInterval(() => { if (reapChild(pid) || !existsSync(`/proc/${pid}`)) clearInterval(timer); }, 20);
+  timer.unref();
+}
+
+/**
  * Starts the daemon again if it is gone (same arguments, same mount); true if it did. Also used by
  * a new image whose daemon died during the update, before it brings the devices up again.
  */
@@ -147,7 +157,7 @@ export async function restartDaemonIfGone(vmm: Vmm): Promise<boolean> {
   if (!d?.args || processAlive(d.pid)) return false;
   // Our child since the first image (exec keeps the pid), which Node no longer tracks after an
   // exec: reap it, or it stays a zombie until the VM ends.
-  reapChild(d.pid);
+  reapWhenDone(d.pid);
   const { spawnVdpaDaemon } = await import('../devices/vdpa/launch.js');
   process.stderr.write(`minivmm: vdpa daemon (pid ${d.pid}) is gone; restarting it\n`);
   const pid = await spawnVdpaDaemon(d.dir, d.args);
