@@ -61,7 +61,7 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
     const updates: Record<string, unknown>[] = [];
     for (let n = 1; n <= o.updates; n++) {
       await new Promise((r) => setTimeout(r, o.intervalMs));
-      let r: { status: string; downtime: number; rolled_back?: boolean; 'error-desc'?: string; cpr: { path: string; phases: Record<string, number>; devices: unknown[] } };
+      let r: { status: string; 'x-rolled-back'?: boolean; 'error-desc'?: string; 'x-cpr': { path: string; downtime: number; phases: Record<string, number>; devices: unknown[] } };
       let next: ChildProcess | undefined;
       if (mode === 'cpr-transfer') {
         const sock = join(dir, `incoming-${n}.sock`);
@@ -75,15 +75,15 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
       } else {
         r = await runUpdate(qmp, null, 60_000) as typeof r;
       }
-      const rolledBack = r.rolled_back === true;
+      const rolledBack = r['x-rolled-back'] === true;
       if (r.status !== 'completed' && !rolledBack) throw new Error(`update ${n} failed: ${r['error-desc'] ?? 'unknown'}`);
       if (next && !rolledBack) child = next;
       const mark = out.length;
       await waitOutput(mark, progress, 30_000); // traffic goes on
       updates.push(rolledBack
         ? { n, mode, rolled_back: true, error: r['error-desc'], ...parseStats(out) }
-        : { n, mode, path: r.cpr.path, rolled_back: false, downtime_ms: r.downtime, phases: r.cpr.phases, devices: r.cpr.devices, ...parseStats(out) });
-      say(rolledBack ? `  update ${n}: rolled back (${r['error-desc']})\n` : `  update ${n}: ${r.cpr.path}, blackout ${r.downtime.toFixed(1)} ms\n`);
+        : { n, mode, path: r['x-cpr'].path, rolled_back: false, downtime_ms: r['x-cpr'].downtime, phases: r['x-cpr'].phases, devices: r['x-cpr'].devices, ...parseStats(out) });
+      say(rolledBack ? `  update ${n}: rolled back (${r['error-desc']})\n` : `  update ${n}: ${r['x-cpr'].path}, blackout ${r['x-cpr'].downtime.toFixed(1)} ms\n`);
     }
     // One more stats period after the last update, so its effect on traffic is counted.
     const mark = out.length;

@@ -91,8 +91,8 @@ async function cmdUpdate(args: string[]): Promise<void> {
     : await runUpdate(values.socket as string, execArgv, Number(values.timeout) * 1000);
   if (values.json) process.stdout.write(`${JSON.stringify(result)}\n`);
   else if (result.status === 'completed') {
-    const r = result as { downtime: number; cpr: { path: string; phases: Record<string, number> } };
-    process.stdout.write(`update completed: blackout ${r.downtime} ms (${Object.entries(r.cpr.phases).map(([k, v]) => `${k} ${v}`).join(', ')})\n`);
+    const cpr = result['x-cpr'] as { downtime: number; phases: Record<string, number> };
+    process.stdout.write(`update completed: blackout ${cpr.downtime} ms (${Object.entries(cpr.phases).map(([k, v]) => `${k} ${v}`).join(', ')})\n`);
   } else process.stdout.write(`update failed: ${String(result['error-desc'] ?? 'unknown error')}\n`);
   if (result.status !== 'completed') process.exitCode = 1;
 }

@@ -8,14 +8,18 @@ import { runUpdate } from '../vmm/update.js';
 import { QmpConnection } from '../vmm/qmp.js';
 import { parseStats } from '../tools/stats.js';
 
-type Result = { status: string; downtime: number; rolled_back?: boolean; 'error-desc'?: string; cpr: { mode: string; path: string; devices: { path: string }[] } };
+type Result = { status: string; downtime: number; 'x-rolled-back'?: boolean; 'error-desc'?: string; 'x-cpr': { mode: string; path: string; devices: { path: string }[] } };
 
 let vm: MovingVm | undefined;
 afterEach(async () => { await vm?.killAll(); vm = undefined; });
 
-const transfer = async (v: MovingVm, env?: NodeJS.ProcessEnv, extra: Record<string, unknown> = {}) => {
+/** `channels`: QEMU 10's migrate form, a main channel (unused by minivmm) and the cpr channel. */
+const transfer = async (v: MovingVm, env?: NodeJS.ProcessEnv, extra: Record<string, unknown> = {}, form: 'uri' | 'channels' = 'uri') => {
   const { sock, child } = await v.prepareIncoming(env);
-  const r = await runUpdate(v.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}`, ...extra }) as Result;
+  const unix = (path: string) => ({ transport: 'socket', type: 'unix', path });
+  const target = form === 'uri' ? { uri: `unix:${sock}` }
+    : { channels: [{ 'channel-type': 'main', addr: unix(`${sock}.main`) }, { 'channel-type': 'cpr', addr: unix(sock) }] };
+  const r = await runUpdate(v.qmpPath, null, 30_000, { mode: 'cpr-transfer', ...target, ...extra }) as Result;
   if (r.status === 'completed') v.current = child;
   return { r, child };
 };
@@ -37,17 +41,17 @@ async function flowsClean(v: MovingVm, mark: number): Promise<void> {
 }
 
 describeWith(['guest', 'fuse', 'root'], 'cpr-transfer', () => {
-  it('moves a running guest and its vdpa devices to a pre-started process', async () => {
+  it('moves a running guest and its vdpa devices to a pre-started process (migrate with a uri, and with channels)', async () => {
     vm = new MovingVm(['--guest', 'netblk', '--memory', '512M', '--log-level', 'warn', '--vdpa', 'sim:net', '--vdpa', 'sim:blk']);
     await vm.waitFor(/^net sent=.*\n/m, 60_000);
     for (let i = 0; i < 3; i++) {
       const old = vm.current;
       const mark = vm.out.length;
-      const { r } = await transfer(vm);
+      const { r } = await transfer(vm, undefined, {}, i === 2 ? 'channels' : 'uri');
       expect(r.status, r['error-desc']).toBe('completed');
-      expect(r.cpr.mode).toBe('cpr-transfer');
-      expect(r.rolled_back).toBe(false);
-      for (const d of r.cpr.devices) expect(d.path).toBe('new-owner');
+      expect(r['x-cpr'].mode).toBe('cpr-transfer');
+      expect(r['x-rolled-back']).toBe(false);
+      for (const d of r['x-cpr'].devices) expect(d.path).toBe('new-owner');
       expect(r.downtime).toBeLessThan(1000);
       await new Promise((res) => old.exitCode !== null ? res(null) : old.once('close', res));
       expect(old.exitCode).toBe(0); // the old process left after the commit
@@ -62,7 +66,7 @@ describeWith(['guest', 'fuse', 'root'], 'cpr-transfer', () => {
     const mark = vm.out.length;
     const { r, child } = await transfer(vm, { ...process.env, MINIVMM_INJECT: 'new-process-crash' });
     expect(r.status).toBe('failed');
-    expect(r.rolled_back).toBe(true);
+    expect(r['x-rolled-back']).toBe(true);
     expect(r['error-desc']).toMatch(/rolled back/);
     await new Promise((res) => (child.exitCode !== null || child.signalCode !== null ? res(null) : child.once('close', res)));
     expect(child.signalCode).toBe('SIGKILL'); // it died where the injection kills it: with the devices taken, before `ready`
@@ -82,7 +86,7 @@ describeWith(['guest', 'fuse', 'root'], 'cpr-transfer', () => {
     const mark = vm.out.length;
     const r = await runUpdate(vm.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}`, 'x-transfer-timeout-ms': 1000 }) as Result;
     expect(r.status).toBe('failed');
-    expect(r.rolled_back).toBe(true);
+    expect(r['x-rolled-back']).toBe(true);
     expect(r['error-desc']).toMatch(/not ready within 1000 ms/);
     await new Promise((res) => (child.signalCode ? res(null) : child.once('close', res)));
     expect(child.signalCode).toBe('SIGKILL');
@@ -98,7 +102,7 @@ describeWith(['guest', 'fuse', 'root'], 'cpr-transfer', () => {
     const mark = vm.out.length;
     const r = await runUpdate(vm.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}`, 'x-transfer-timeout-ms': 1000 }) as Result;
     expect(r.status).toBe('failed');
-    expect(r.rolled_back).toBeUndefined(); // nothing to roll back: the guest never paused
+    expect(r['x-rolled-back']).toBeUndefined(); // nothing to roll back: the guest never paused
     expect(r['error-desc']).toMatch(/failed before pausing the guest: no answer within 1000 ms/);
     await new Promise((res) => (child.signalCode ? res(null) : child.once('close', res)));
     expect(child.signalCode).toBe('SIGKILL');
@@ -111,7 +115,7 @@ describeWith(['guest', 'fuse', 'root'], 'cpr-transfer', () => {
     const r = await runUpdate(vm.qmpPath, null, 10_000, { mode: 'cpr-transfer', uri: `unix:${vm.dir}/nobody.sock` }) as Result;
     expect(r.status).toBe('failed');
     expect(r['error-desc']).toMatch(/cannot reach the new process/);
-    expect(r.rolled_back).toBeUndefined();
+    expect(r['x-rolled-back']).toBeUndefined();
     const mark = vm.out.length;
     await vm.waitFor(/^counter /m, 10_000, mark);
   }, 60_000);

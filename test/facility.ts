@@ -3,6 +3,7 @@
 // have, fail with the reason. Guests run on the accelerator MINIVMM_ACCEL names (default auto:
 // KVM when /dev/kvm opens, the emulator otherwise), so a machine without /dev/kvm runs them too.
 import { accessSync, constants } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { describe, it } from 'vitest';
 import { openAccelerator, isAccelChoice } from '../src/accel/select.js';
 import type { AccelKind } from '../src/accel/index.js';
@@ -34,6 +35,8 @@ const checks = {
   emu: { ci: true, missing: () => emuReason },
   fuse: { ci: true, missing: () => (usable('/dev/fuse') ? null : 'no usable /dev/fuse') },
   root: { ci: true, missing: () => (process.getuid?.() === 0 ? null : 'not running as root') },
+  /** The reference QMP server (Debian: qemu-system-x86; .ci/run installs it). */
+  qemu: { ci: true, missing: () => (spawnSync('qemu-system-x86_64', ['--version'], { stdio: 'ignore' }).status === 0 ? null : 'no qemu-system-x86_64 in PATH') },
 };
 export type Facility = keyof typeof checks;
 

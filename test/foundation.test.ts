@@ -134,7 +134,8 @@ describeWith(['guest'], 'an exec target that dies before restoring', () => {
 
 describeWith(['guest'], 'QMP monitor', () => {
   let vm: VmProcess;
-  afterAll(async () => { await vm?.kill(); });
+  const others: VmProcess[] = [];
+  afterAll(async () => { for (const v of [vm, ...others]) await v?.kill(); });
 
   it('speaks the protocol: greeting, negotiation, errors, stop/cont with events', async () => {
     vm = await VmProcess.start(['--guest', 'counter']);
@@ -150,10 +151,11 @@ describeWith(['guest'], 'QMP monitor', () => {
     raw.write('{"execute":"query-status"}\n');
     await waitLines(2);
     expect(JSON.parse(got[1]).error.class).toBe('CommandNotFound');
-    raw.write('{"execute":"qmp_capabilities","id":7}\n{not json\n["array"]\n{"execute":"no-such-command"}\n');
+    // A JSON stream, as QEMU reads it: no newlines needed, several objects per write.
+    raw.write('{"execute":"qmp_capabilities","id":7}{not json}["array"]{"execute":"no-such-command"}');
     await waitLines(6);
     expect(JSON.parse(got[2])).toEqual({ return: {}, id: 7 });
-    expect(JSON.parse(got[3]).error.desc).toMatch(/JSON parse error/);
+    expect(JSON.parse(got[3]).error.desc).toBe("JSON parse error, invalid keyword 'not'");
     expect(JSON.parse(got[4]).error.class).toBe('GenericError');
     expect(JSON.parse(got[5]).error.class).toBe('CommandNotFound');
     raw.destroy();
@@ -173,9 +175,56 @@ describeWith(['guest'], 'QMP monitor', () => {
     await c.execute('migrate-set-parameters', { mode: 'cpr-exec' });
     await expect(c.execute('migrate', { uri: 'tcp:1.2.3.4:5' })).rejects.toThrow(/file:PATH/);
     await expect(c.execute('migrate-set-parameters', { mode: 'cpr-teleport' })).rejects.toThrow(/mode/);
-    c.close();
+    await expect(c.execute('stop', { bogus: 1 })).rejects.toThrow("Parameter 'bogus' is unexpected");
+    expect(await c.execute('query-status')).toMatchObject({ running: true }); // refused before acting
+    expect(await c.execute('query-kvm')).toEqual({ enabled: true, present: true });
     const { statSync } = await import('node:fs');
     expect(statSync(vm.qmpPath).mode & 0o777).toBe(0o600);
+    // quit: the reply carries the id, SHUTDOWN gives QEMU's reason, the VMM exits 0.
+    const shutdown = c.event('SHUTDOWN', 10_000);
+    expect(await c.request('quit')).toEqual({ return: {} }); // matched by its id
+    expect((await shutdown).data).toEqual({ guest: false, reason: 'host-qmp-quit' });
+    expect(await vm.exited).toBe(0);
+    c.close();
+  });
+
+  it("several clients' stop and cont run one at a time (QEMU's single dispatcher): the guest runs afterwards", async () => {
+    const busy = await VmProcess.start(['--guest', 'counter']);
+    others.push(busy);
+    await busy.waitFor(/counter \d+ tsc \d+ round \d+\n/);
+    const net = await import('node:net');
+    const connect = () => new Promise<import('node:net').Socket>((res) => { const s = net.connect(busy.qmpPath); s.once('connect', () => res(s)); });
+    for (let round = 0; round < 10; round++) {
+      const all = await Promise.all([connect(), connect(), connect()]);
+      for (const s of all) s.write('{"execute":"qmp_capabilities"}{"execute":"stop"}{"execute":"cont"}{"execute":"stop"}');
+      await new Promise((r) => setTimeout(r, 50));
+      for (const s of all) s.destroy();
+    }
+    const { QmpConnection } = await import('../vmm/qmp.js');
+    const c = await QmpConnection.connect(busy.qmpPath);
+    await c.execute('cont');
+    expect(await c.execute('query-status')).toMatchObject({ running: true });
+    const mark = busy.stdout.length;
+    await busy.waitFor(/counter \d+ tsc \d+ round \d+\n/, 10_000, mark); // the vCPUs really run
+    c.close();
+  });
+
+  it('SHUTDOWN says host-signal for SIGTERM and guest-shutdown when the guest ends', async () => {
+    const { QmpConnection } = await import('../vmm/qmp.js');
+    const signalled = await VmProcess.start(['--guest', 'counter']);
+    others.push(signalled);
+    const c = await QmpConnection.connect(signalled.qmpPath);
+    const shutdown = c.event('SHUTDOWN', 10_000);
+    signalled.child.kill('SIGTERM');
+    expect((await shutdown).data).toEqual({ guest: false, reason: 'host-signal' });
+    expect(await signalled.exited).toBe(143);
+    c.close();
+    const ending = await VmProcess.start(['--guest', 'counter', '--append', 'rounds=40']);
+    others.push(ending);
+    const e = await QmpConnection.connect(ending.qmpPath);
+    expect((await e.event('SHUTDOWN', 60_000)).data).toEqual({ guest: true, reason: 'guest-shutdown' });
+    await ending.exited;
+    e.close();
   });
 });
 
@@ -192,13 +241,14 @@ describeWith(['guest'], 'cpr-exec live update of the counter guest', () => {
     const downtimes: number[] = [];
     for (let i = 1; i <= 20; i++) {
       const mark = vm.stdout.length;
-      const r = await runUpdate(vm.qmpPath, null, 30_000) as { status: string; downtime: number; cpr: { n: number; path: string; phases: Record<string, number> } };
+      const r = await runUpdate(vm.qmpPath, null, 30_000) as { status: string; downtime: number; 'x-cpr': { n: number; path: string; phases: Record<string, number> } };
       downtimes.push(r.downtime);
       expect(r.status, JSON.stringify(r)).toBe('completed');
-      expect(r.cpr.n).toBe(i);
+      expect(r['x-cpr'].n).toBe(i);
+      expect(Number.isInteger(r.downtime)).toBe(true); // QEMU's schema: int milliseconds
       expect(r.downtime).toBeGreaterThan(0);
       expect(r.downtime).toBeLessThan(1000); // a sanity bound, not a benchmark
-      for (const k of ['pause', 'save', 'exec', 'restore', 'resume']) expect(r.cpr.phases[k]).toBeGreaterThanOrEqual(0);
+      for (const k of ['pause', 'save', 'exec', 'restore', 'resume']) expect(r['x-cpr'].phases[k]).toBeGreaterThanOrEqual(0);
       await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/, 10_000, mark); // the guest prints again after the update
       fdSets.push(await vm.fds());
     }
@@ -231,7 +281,7 @@ describeWith(['guest'], 'cpr-exec of the counter guest: monitor and failure case
   afterAll(async () => { await vm?.kill(); });
 
   /** query-migrate from whichever image answers (retrying while an exec is under way). */
-  const queryMigrate = async (): Promise<{ status?: string; cpr?: { n: number } }> => {
+  const queryMigrate = async (): Promise<{ status?: string; 'x-cpr'?: { n: number } }> => {
     const { QmpConnection } = await import('../vmm/qmp.js');
     for (let i = 0; ; i++) {
       try { const q = await QmpConnection.connect(vm.qmpPath); const r = await q.execute('query-migrate'); q.close(); return r as never; } catch (e) {
@@ -243,19 +293,19 @@ describeWith(['guest'], 'cpr-exec of the counter guest: monitor and failure case
 
   it('a QMP client that disconnects right after migrate does not stop the update', async () => {
     const { QmpConnection } = await import('../vmm/qmp.js');
-    const before = (await queryMigrate()).cpr?.n ?? 0;
+    const before = (await queryMigrate())['x-cpr']?.n ?? 0;
     const c = await QmpConnection.connect(vm.qmpPath);
     await c.execute('migrate-set-parameters', { mode: 'cpr-exec', 'cpr-exec-command': [] });
     c.socket.write('{"execute":"migrate","arguments":{"uri":"file:/dev/null"}}\n');
     c.close();
     let r = await queryMigrate();
-    for (let i = 0; i < 200 && r.cpr?.n !== before + 1; i++) { await new Promise((res) => setTimeout(res, 50)); r = await queryMigrate(); }
+    for (let i = 0; i < 200 && r['x-cpr']?.n !== before + 1; i++) { await new Promise((res) => setTimeout(res, 50)); r = await queryMigrate(); }
     expect(r.status).toBe('completed');
-    expect(r.cpr?.n).toBe(before + 1);
+    expect(r['x-cpr']?.n).toBe(before + 1);
   });
 
   it('a second migrate while one is in progress is refused, and the first completes', async () => {
-    const before = (await queryMigrate()).cpr?.n ?? 0;
+    const before = (await queryMigrate())['x-cpr']?.n ?? 0;
     const net = await import('node:net');
     const raw = net.connect(vm.qmpPath);
     const lines: string[] = [];
@@ -271,8 +321,8 @@ describeWith(['guest'], 'cpr-exec of the counter guest: monitor and failure case
     expect(a).toEqual({ return: {}, id: 1 });
     expect(b.error.desc).toMatch(/already a migration in progress/);
     let r = await queryMigrate();
-    for (let i = 0; i < 200 && r.cpr?.n !== before + 1; i++) { await new Promise((res) => setTimeout(res, 50)); r = await queryMigrate(); }
-    expect(r.cpr?.n).toBe(before + 1);
+    for (let i = 0; i < 200 && r['x-cpr']?.n !== before + 1; i++) { await new Promise((res) => setTimeout(res, 50)); r = await queryMigrate(); }
+    expect(r['x-cpr']?.n).toBe(before + 1);
   });
 
   it('a failed exec keeps the guest running and reports failed; the next update succeeds', async () => {

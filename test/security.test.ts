@@ -93,7 +93,7 @@ describeWith(['guest', 'fuse', 'root'], 'security claims', () => {
     const r = await runUpdate(v.qmpPath, null, 30_000, { mode: 'cpr-transfer', uri: `unix:${sock}` });
     expect(r.status).toBe('failed');
     expect(r['error-desc']).toBe(`cpr-transfer to ${sock} refused before sending anything: the process listening there (pid ${peer.child.pid}) runs as uid ${NOBODY}, not as uid 0 or root`);
-    expect(r.rolled_back).toBeUndefined(); // the guest never paused
+    expect(r['x-rolled-back']).toBeUndefined(); // the guest never paused
     // The peer saw the connection close with nothing on it, and was not killed.
     expect(JSON.parse(await peer.line(/^\{/))).toEqual({ messages: 0, bytes: 0, fds: 0 });
     expect(await within(new Promise((res) => (peer.child.exitCode !== null ? res(peer.child.exitCode) : peer.child.once('close', res))), 10_000, 'the fake peer exits')).toBe(0);
@@ -173,7 +173,7 @@ describeWith(['guest', 'fuse', 'root'], 'security claims', () => {
     expect(inheritable()).toEqual([]);
     const r = await runUpdate(v.qmpPath, null, 30_000);
     expect(r.status, String(r['error-desc'])).toBe('completed');
-    expect((r as { cpr: { devices: { path: string }[] } }).cpr.devices.map((d) => d.path)).toEqual(['new-owner']); // the vdpa fd crossed the exec
+    expect((r as { 'x-cpr': { devices: { path: string }[] } })['x-cpr'].devices.map((d) => d.path)).toEqual(['new-owner']); // the vdpa fd crossed the exec
     await v.waitFor(/^net sent=.*\n/m, 20_000, v.stdout.length);
     expect(inheritable()).toEqual([]);
   }, 120_000);

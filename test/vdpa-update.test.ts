@@ -10,7 +10,7 @@ import { injectVdpaFault, readDaemonStatus } from '../devices/vdpa/launch.js';
 import { stopDaemon, type DaemonRef } from '../vmm/vdpa.js';
 import { processAlive } from '../src/libc.js';
 
-type Update = { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; devices: { index: number; path: string; note?: string }[] } };
+type Update = { status: string; downtime: number; 'error-desc'?: string; 'x-cpr': { path: string; devices: { index: number; path: string; note?: string }[] } };
 
 let vm: VmProcess | undefined;
 let daemonToStop: DaemonRef | undefined;
@@ -55,7 +55,7 @@ async function soak(args: string[], updates: number): Promise<void> {
     const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
     expect(r.status, `${r['error-desc']} / VM stderr: ${vm.stderr.slice(-800)}`).toBe('completed');
     expect(r.downtime).toBeLessThan(1000); // sanity bound
-    for (const d of r.cpr.devices) expect(d.path).toBe('new-owner');
+    for (const d of r['x-cpr'].devices) expect(d.path).toBe('new-owner');
     await trafficFlows(vm, mark);
     if (i === 2) first = await snapshot();
   }
@@ -89,8 +89,8 @@ describeWith(['guest', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
       const mark = vm.stdout.length;
       const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
       expect(r.status).toBe('completed');
-      expect(r.cpr.path).toBe('fallback');
-      expect(r.cpr.devices[0].path).toBe('fallback');
+      expect(r['x-cpr'].path).toBe('fallback');
+      expect(r['x-cpr'].devices[0].path).toBe('fallback');
       await trafficFlows(vm, mark);
     }
     const s = parseStats(vm.stdout).net!;
@@ -133,9 +133,9 @@ describeWith(['guest', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
     let mark = vm.stdout.length;
     const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
     expect(r.status, r['error-desc']).toBe('completed');
-    expect(r.cpr.devices[0].path).toBe('fallback');
-    expect(r.cpr.devices[0].note).toMatch(said);
-    expect(r.cpr.devices[0].note).toMatch(/released and re-acquired by the slow path/);
+    expect(r['x-cpr'].devices[0].path).toBe('fallback');
+    expect(r['x-cpr'].devices[0].note).toMatch(said);
+    expect(r['x-cpr'].devices[0].note).toMatch(/released and re-acquired by the slow path/);
     const dev = readDaemonStatus(daemon.dir).devices[0];
     expect(dev.counters.injected).toBe(1);
     expect(dev.owner?.pid).toBe(vm.child.pid);
@@ -144,7 +144,7 @@ describeWith(['guest', 'fuse', 'root'], 'vdpa devices across cpr-exec', () => {
     mark = vm.stdout.length;
     const again = await runUpdate(vm.qmpPath, null, 30_000) as Update;
     expect(again.status).toBe('completed');
-    expect(again.cpr.devices[0].path).toBe('new-owner');
+    expect(again['x-cpr'].devices[0].path).toBe('new-owner');
     await trafficFlows(vm, mark);
     const s = parseStats(vm.stdout).net!;
     expect({ lost: s.lost, duplicated: s.duplicated, corrupt: s.corrupt }).toEqual({ lost: 0, duplicated: 0, corrupt: 0 });
@@ -231,7 +231,7 @@ describeWith(['guest', 'fuse', 'root'], 'the device daemon killed under a runnin
     // The VM carries the new daemon across an update, on the fast path.
     const r = await runUpdate(vm.qmpPath, null, 30_000) as Update;
     expect(r.status, r['error-desc']).toBe('completed');
-    expect(r.cpr.devices.map((d) => d.path)).toEqual(['new-owner', 'new-owner']);
+    expect(r['x-cpr'].devices.map((d) => d.path)).toEqual(['new-owner', 'new-owner']);
     await trafficFlows(vm, vm.stdout.length);
     // quit stops the restarted daemon and removes the disk file.
     const q = await vm.qmp();
@@ -252,8 +252,8 @@ describeWith(['guest', 'fuse', 'root'], 'the device daemon killed under a runnin
     process.kill(before.pid, 'SIGKILL');
     const r = await update;
     expect(r.status, r['error-desc']).toBe('completed');
-    expect(r.cpr.devices[0].path).toBe('fallback');
-    expect(r.cpr.devices[0].note).toMatch(/device daemon died during the update/);
+    expect(r['x-cpr'].devices[0].path).toBe('fallback');
+    expect(r['x-cpr'].devices[0].note).toMatch(/device daemon died during the update/);
     const after = await daemonOf(vm) as { pid: number; restarts?: number };
     expect(after.pid).not.toBe(before.pid);
     expect(after.restarts).toBe(1);

@@ -72,13 +72,13 @@ async function startVm(args: string[], dir: string, waitRe: RegExp): Promise<Vm 
   return vm;
 }
 
-type Update = { status: string; downtime: number; 'error-desc'?: string; cpr: { path: string; phases: Record<string, number> } };
+type Update = { status: string; 'error-desc'?: string; 'x-cpr': { path: string; downtime: number; phases: Record<string, number> } };
 
 interface Series { downtimes: number[]; phases: Record<string, number[]> }
 const newSeries = (): Series => ({ downtimes: [], phases: {} });
 function record(s: Series, r: Update): void {
-  s.downtimes.push(r.downtime);
-  for (const [k, v] of Object.entries(r.cpr.phases)) (s.phases[k] ??= []).push(v);
+  s.downtimes.push(r['x-cpr'].downtime);
+  for (const [k, v] of Object.entries(r['x-cpr'].phases)) (s.phases[k] ??= []).push(v);
 }
 function summarize(s: Series) {
   return {
@@ -118,9 +118,9 @@ async function blackoutVsRam(sizes: string[], n: number, dir: string, pinCost: n
     for (let i = 0; i < n; i++) {
       for (const path of KINDS) {
         const r = path === 'cpr-transfer' ? await transfer(vm) : await update(vm, { mode: 'cpr-exec', 'x-vdpa-path': path === 'fallback' ? 'fallback' : 'auto' });
-        if (r.cpr.path !== (path === 'fallback' ? 'fallback' : 'new-owner')) throw new Error(`asked for ${path}, got ${r.cpr.path}`);
+        if (r['x-cpr'].path !== (path === 'fallback' ? 'fallback' : 'new-owner')) throw new Error(`asked for ${path}, got ${r['x-cpr'].path}`);
         record(series[path], r);
-        progress(`${size}: update ${i + 1}/${n} ${path.padEnd(9)} blackout ${r.downtime.toFixed(1)} ms`);
+        progress(`${size}: update ${i + 1}/${n} ${path.padEnd(9)} blackout ${r['x-cpr'].downtime.toFixed(1)} ms`);
         // Settle: a fallback's unpinning and an exited process's unmapping run on after the update.
         await new Promise((res) => setTimeout(res, 1000));
       }

@@ -67,14 +67,15 @@ async function main(): Promise<void> {
         r = await runUpdate(qmp, null, 30_000);
       }
       if (r.status !== 'completed') throw new Error(`update ${n} (${mode}) failed: ${r['error-desc']}`);
-      blackouts[mode].push(r.downtime as number);
+      const blackout = (r['x-cpr'] as { downtime: number }).downtime;
+      blackouts[mode].push(blackout);
       await waitMore(mark);
       if (n % 50 === 0 || n === 2) {
         await new Promise((res) => setTimeout(res, 200));
         samples.push({ n, vmmFds: fds(current.pid!), vmmRss: rssKiB(current.pid!), daemonFds: fds(daemon.pid), daemonRss: rssKiB(daemon.pid) });
       }
       const s = parseStats(out);
-      process.stderr.write(`\r\x1b[Kupdate ${n}/${total} ${mode} ${(r.downtime as number).toFixed(1)} ms; frames ${s.net?.received}, lost ${s.net?.lost}, blocks verified ${s.blk?.verified}`);
+      process.stderr.write(`\r\x1b[Kupdate ${n}/${total} ${mode} ${blackout.toFixed(1)} ms; frames ${s.net?.received}, lost ${s.net?.lost}, blocks verified ${s.blk?.verified}`);
     }
     process.stderr.write('\n');
     const s = parseStats(out);

@@ -10,6 +10,8 @@ export interface UpdateResult {
   mode: UpdateMode;
   /** Blackout in ms: from the pause to the guest running again. */
   downtime: number;
+  /** From `migrate` to the pause, ms (QEMU's setup-time). */
+  setup: number;
   /** "new-owner" or "fallback" (the slowest any device took), "none" without devices. */
   path: string;
   phases: Record<string, number>;
@@ -23,6 +25,8 @@ export class Migration {
   rolledBack?: boolean;
   /** The last completed update (this image's arrival, for a new image). */
   last?: UpdateResult;
+  /** When `migrate` was accepted (process.hrtime, ns): total-time while one is under way. */
+  requested?: bigint;
 
   constructor(private emit: (status: MigrationStatus) => void) {}
 
@@ -31,6 +35,7 @@ export class Migration {
   /** `migrate` accepted. Throws if an update is already under way. */
   setup(): void {
     if (this.inProgress) throw new Error('There is already a migration in progress');
+    this.requested = process.hrtime.bigint();
     this.move('setup');
   }
 

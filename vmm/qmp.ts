@@ -1,45 +1,124 @@
 // QMP monitor on a UNIX socket, speaking QEMU's protocol: greeting, capabilities negotiation,
-// {"execute": ...} commands with {"return": ...} or {"error": {"class", "desc"}} replies, and events.
+// {"execute": ...} commands with {"return": ...} or {"error": {"class", "desc"}} replies carrying
+// the request's id, and events. Input is a JSON stream read as QEMU reads it (json-stream.ts).
 // The listening socket is one of the fds kept across exec, so clients reconnect to the same path.
 import net from 'node:net';
 import { chmodSync, unlinkSync, existsSync, lstatSync } from 'node:fs';
 import { socket, bind, listen, close, SOCK_STREAM } from '../src/libc.js';
+import { JsonMessageReader } from './json-stream.js';
 
 export class QmpError extends Error {
   constructor(message: string, readonly cls = 'GenericError') { super(message); }
 }
 
-export type QmpHandler = (args: Record<string, unknown>, client: QmpClient) => unknown | Promise<unknown>;
+/**
+ * A command's arguments, in QAPI's terms: members by name ('*name' = optional) of a type:
+ * 'str', 'bool', 'int', 'number', 'any', an enum, a list, a struct, or a union on a discriminator.
+ */
+export type ArgType = 'str' | 'bool' | 'int' | 'number' | 'any'
+  | { enum: readonly string[] } | { list: ArgType } | { struct: Members } | Union;
+export type Members = Record<string, ArgType>;
+/** A flat union: `base` has the discriminator `union`, whose value picks the other members (maybe a union again). */
+export interface Union { union: string; base: Members; variants: Record<string, Members | Union> }
 
-/** Longest accepted command line; longer input gets an error and the connection is closed. */
-const MAX_LINE = 1 << 20;
-/** Deepest accepted JSON nesting (QEMU's json-parser limit). */
-const MAX_NESTING = 1024;
+const JSON_TYPE: Record<string, string> = { str: 'string', bool: 'boolean', int: 'integer', number: 'number' };
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+const has = (o: object, k: string) => Object.prototype.hasOwnProperty.call(o, k);
 
-/** Nesting depth of a parsed JSON value, without recursion (the input may be 100k levels deep). */
-function nestingDepth(root: unknown): number {
-  let max = 0;
-  const stack: [unknown, number][] = [[root, 1]];
-  while (stack.length) {
-    const [v, d] = stack.pop()!;
-    if (v === null || typeof v !== 'object') continue;
-    if (d > max) max = d;
-    if (max > MAX_NESTING) return max;
-    for (const x of Object.values(v as object)) stack.push([x, d + 1]);
+/** Checks `value` against `type`, worded as QEMU's qobject-input-visitor; `name` as QEMU spells it ("a.b[0]"). */
+function checkValue(type: ArgType, value: unknown, name: string): void {
+  const wrongType = (expected: string) => new QmpError(`Invalid parameter type for '${name}', expected: ${expected}`);
+  if (type === 'any') return;
+  if (typeof type === 'string') {
+    const ok = type === 'str' ? typeof value === 'string' : type === 'bool' ? typeof value === 'boolean'
+      : type === 'int' ? Number.isInteger(value) : typeof value === 'number';
+    if (!ok) throw wrongType(JSON_TYPE[type]);
+  } else if ('enum' in type) {
+    if (typeof value !== 'string') throw wrongType('string');
+    if (!type.enum.includes(value)) throw new QmpError(`Parameter '${name}' does not accept value '${value}'`);
+  } else if ('list' in type) {
+    if (!Array.isArray(value)) throw wrongType('array');
+    value.forEach((v, i) => checkValue(type.list, v, `${name}[${i}]`));
+  } else {
+    if (!isObject(value)) throw wrongType('object');
+    checkMembers(value, 'struct' in type ? type.struct : unionMembers(value, type, `${name}.`), `${name}.`);
   }
-  return max;
+}
+
+const isUnion = (t: Members | Union): t is Union => typeof t.union === 'string' && 'variants' in t;
+
+/** A union's members for this value; the discriminators are checked first, as they pick the rest. */
+function unionMembers(obj: Record<string, unknown>, u: Union, prefix: string): Members {
+  visit(obj, u.base, prefix);
+  const v = u.variants[obj[u.union] as string];
+  return { ...u.base, ...(isUnion(v) ? unionMembers(obj, v, prefix) : v) };
+}
+
+/** Members in declaration order (type, then missing), then anything undeclared: QEMU's order. */
+function checkMembers(obj: Record<string, unknown>, members: Members, prefix: string): void {
+  visit(obj, members, prefix);
+  const known = new Set(Object.keys(members).map((k) => k.replace(/^\*/, '')));
+  for (const k of Object.keys(obj)) if (!known.has(k)) throw new QmpError(`Parameter '${prefix}${k}' is unexpected`);
+}
+
+function visit(obj: Record<string, unknown>, members: Members, prefix: string): void {
+  for (const [key, type] of Object.entries(members)) {
+    const name = key.replace(/^\*/, '');
+    if (!has(obj, name)) {
+      if (key.startsWith('*')) continue;
+      throw new QmpError(`Parameter '${prefix}${name}' is missing`);
+    }
+    checkValue(type, obj[name], `${prefix}${name}`);
+  }
 }
 
 export interface QmpClient { socket: net.Socket; negotiated: boolean; send(msg: unknown, cb?: () => void): void }
 
+export interface CommandContext {
+  client: QmpClient;
+  /** Runs `fn` once the reply has been written (or the client is gone). */
+  afterReply(fn: () => void): void;
+}
+
+export interface QmpCommand {
+  /** The arguments it takes; anything else is refused before `run` is called. */
+  args?: Members;
+  run(args: Record<string, unknown>, ctx: CommandContext): unknown;
+}
+
+/** Requests read ahead of the one running, at most (then reading pauses). */
+const MAX_WAITING = 64;
+
+type Version = { major: number; minor: number; micro: number; package: string };
+
 export class QmpServer {
   private server: net.Server;
   private clients = new Set<QmpClient>();
-  private commands = new Map<string, QmpHandler>();
+  private commands = new Map<string, QmpCommand>();
+  /**
+   * Every client's commands, one at a time, in arrival order (QEMU's single dispatcher, no oob):
+   * two clients' stop and cont must not interleave. A failure in one never takes the VMM down.
+   */
+  private queue = Promise.resolve();
+  /** Which events are sent (the monitor sends MIGRATION only with the `events` capability, as QEMU). */
+  eventFilter: (name: string) => boolean = () => true;
 
-  private constructor(server: net.Server, private version: { major: number; minor: number; micro: number; package: string }) {
+  private constructor(server: net.Server, private readonly version: Version) {
     this.server = server;
     server.on('connection', (s) => this.accept(s));
+    this.register('qmp_capabilities', {
+      args: { '*enable': { list: { enum: ['oob'] } } },
+      run: (args, { client }) => {
+        // After its arguments, as QEMU: a bad argument is a GenericError even once negotiated.
+        if (client.negotiated) throw new QmpError('Capabilities negotiation is already complete, command ignored', 'CommandNotFound');
+        // The greeting offers nothing, so any capability asked for is unavailable.
+        const wanted = (args.enable as string[] | undefined) ?? [];
+        if (wanted.length) throw new QmpError(`Capability ${[...new Set(wanted)].join(', ')} not available`);
+        client.negotiated = true;
+        return {};
+      },
+    });
+    this.register('query-commands', { run: () => [...this.commands.keys()].map((name) => ({ name })) });
   }
 
   /** Stop accepting connections (a cpr-transfer peer takes the socket over); clients stay. */
@@ -58,7 +137,7 @@ export class QmpServer {
    * net.Server.listen(path), whose close() would unlink the path: a cpr-transfer hands the
    * listening socket to the next process while this one stops accepting.
    */
-  static async listen(path: string, version: QmpServer['version']): Promise<QmpServer> {
+  static async listen(path: string, version: Version): Promise<QmpServer> {
     if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path); // stale socket from a dead VMM
     const fd = socket(SOCK_STREAM);
     const old = process.umask(0o177); // created 0600: no window where others could connect
@@ -69,7 +148,7 @@ export class QmpServer {
   }
 
   /** Serve on an inherited listening fd (after exec). */
-  static async adopt(fd: number, version: QmpServer['version']): Promise<QmpServer> {
+  static async adopt(fd: number, version: Version): Promise<QmpServer> {
     const server = net.createServer();
     await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen({ fd }, () => resolve()); });
     return new QmpServer(server, version);
@@ -78,11 +157,20 @@ export class QmpServer {
   /** The listening socket's fd, to keep across exec. */
   get fd(): number { return (this.server as unknown as { _handle: { fd: number } })._handle.fd; }
 
-  register(name: string, handler: QmpHandler): void { this.commands.set(name, handler); }
+  /** QEMU's VersionInfo: the greeting's and query-version's. */
+  get versionInfo(): { qemu: { major: number; minor: number; micro: number }; package: string } {
+    const { major, minor, micro, package: pkg } = this.version;
+    return { qemu: { major, minor, micro }, package: pkg };
+  }
 
-  event(name: string, data: Record<string, unknown> = {}): void {
+  register(name: string, command: QmpCommand): void { this.commands.set(name, command); }
+
+  /** Sends an event to every negotiated client; without `data` the member is left out, as QEMU does. */
+  event(name: string, data?: Record<string, unknown>): void {
+    if (!this.eventFilter(name)) return;
     const us = Math.floor((performance.timeOrigin + performance.now()) * 1000);
-    const msg = { event: name, data, timestamp: { seconds: Math.floor(us / 1e6), microseconds: us % 1e6 } };
+    const timestamp = { seconds: Math.floor(us / 1e6), microseconds: us % 1e6 };
+    const msg = data === undefined ? { event: name, timestamp } : { event: name, data, timestamp };
     for (const c of this.clients) if (c.negotiated) c.send(msg);
   }
 
@@ -94,92 +182,75 @@ export class QmpServer {
   private accept(socket: net.Socket): void {
     const client: QmpClient = {
       socket, negotiated: false,
-      send: (msg, cb) => { if (!socket.destroyed) socket.write(`${JSON.stringify(msg)}\r\n`, cb); else cb?.(); },
+      send: (msg, cb) => { if (!socket.destroyed) socket.write(`${JSON.stringify(msg)}\r\n`, () => cb?.()); else cb?.(); },
     };
     this.clients.add(client);
     socket.on('close', () => this.clients.delete(client));
     socket.on('error', () => socket.destroy());
-    client.send({ QMP: { version: { qemu: { major: this.version.major, minor: this.version.minor, micro: this.version.micro }, package: this.version.package }, capabilities: [] } });
-    let pending = '';
-    let chain = Promise.resolve();
-    socket.setEncoding('utf8');
-    socket.on('data', (chunk: string) => {
-      pending += chunk;
-      if (pending.length > MAX_LINE && !pending.includes('\n')) {
-        client.send({ error: { class: 'GenericError', desc: `JSON input longer than ${MAX_LINE} bytes` } });
-        socket.end();
-        pending = '';
-        return;
-      }
-      let nl: number;
-      while ((nl = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, nl).trim();
-        pending = pending.slice(nl + 1);
-        // A failure in one command never takes the VMM (and the guest) down.
-        if (line) chain = chain.then(() => this.dispatch(client, line)).catch((e) => {
-          client.send({ error: { class: 'GenericError', desc: `internal error: ${(e as Error).message}` } });
-        });
-      }
+    client.send({ QMP: { version: this.versionInfo, capabilities: [] } });
+    // Like QEMU's monitor_suspend(), reading stops while too many are waiting: a flood is held
+    // back in the socket, not queued here.
+    let waiting = 0;
+    const reader = new JsonMessageReader((value, error) => {
+      if (++waiting === MAX_WAITING) socket.pause();
+      this.queue = this.queue.then(() => this.dispatch(client, value, error)).catch((e) => {
+        client.send({ error: { class: 'GenericError', desc: `internal error: ${(e as Error).message}` } });
+      }).finally(() => { if (waiting-- === MAX_WAITING) socket.resume(); });
     });
+    socket.on('data', (chunk: Buffer) => reader.feed(chunk));
   }
 
-  private async dispatch(client: QmpClient, line: string): Promise<void> {
-    let msg: unknown;
-    try { msg = JSON.parse(line); } catch (e) {
-      client.send({ error: { class: 'GenericError', desc: `JSON parse error, ${(e as Error).message}` } });
-      return;
+  private async dispatch(client: QmpClient, msg: unknown, parseError?: string): Promise<void> {
+    if (parseError !== undefined) return client.send({ error: { class: 'GenericError', desc: parseError } });
+    if (!isObject(msg)) return client.send({ error: { class: 'GenericError', desc: 'QMP input must be a JSON object' } });
+    const id = has(msg, 'id') ? msg.id : undefined;
+    const after: (() => void)[] = [];
+    const reply = (body: object) => {
+      const m = id === undefined ? body : { ...body, id };
+      if (!after.length) return client.send(m);
+      let done = false;
+      const run = () => { if (!done) { done = true; for (const f of after) f(); } };
+      client.socket.once('close', run);
+      client.send(m, run);
+    };
+    const fail = (desc: string, cls = 'GenericError') => reply({ error: { class: cls, desc } });
+    // The request's own members, in order, as QEMU's qmp_dispatch_check_obj checks them (no oob).
+    for (const [k, v] of Object.entries(msg)) {
+      if (k === 'execute') { if (typeof v !== 'string') return fail("QMP input member 'execute' must be a string"); }
+      else if (k === 'arguments') { if (!isObject(v)) return fail("QMP input member 'arguments' must be an object"); }
+      else if (k !== 'id') return fail(`QMP input member '${k}' is unexpected`);
     }
-    if (!msg || typeof msg !== 'object' || Array.isArray(msg)) {
-      client.send({ error: { class: 'GenericError', desc: 'QMP input must be a JSON object' } });
-      return;
-    }
-    if (nestingDepth(msg) > MAX_NESTING) {
-      // QEMU's parser refuses this too; echoing such an id back would blow the stack.
-      client.send({ error: { class: 'GenericError', desc: `JSON nesting deeper than ${MAX_NESTING} levels` } });
-      return;
-    }
-    const { execute, arguments: args = {}, id } = msg as { execute?: unknown; arguments?: unknown; id?: unknown };
-    const reply = (body: object) => client.send(id === undefined ? body : { ...body, id });
-    if (typeof execute !== 'string') return reply({ error: { class: 'GenericError', desc: "QMP input lacks member 'execute'" } });
-    if (!args || typeof args !== 'object' || Array.isArray(args)) return reply({ error: { class: 'GenericError', desc: "QMP input member 'arguments' must be an object" } });
-    if (execute === 'qmp_capabilities') {
-      if (client.negotiated) return reply({ error: { class: 'CommandNotFound', desc: "Capabilities negotiation is already complete, command 'qmp_capabilities' ignored" } });
-      client.negotiated = true;
-      return reply({ return: {} });
-    }
-    if (!client.negotiated) return reply({ error: { class: 'CommandNotFound', desc: "Expecting capabilities negotiation with 'qmp_capabilities'" } });
-    const handler = this.commands.get(execute);
-    if (!handler) return reply({ error: { class: 'CommandNotFound', desc: `The command ${execute} has not been found` } });
+    if (!has(msg, 'execute')) return fail("QMP input lacks member 'execute'");
+    const name = msg.execute as string;
+    if (!client.negotiated && name !== 'qmp_capabilities') return fail("Expecting capabilities negotiation with 'qmp_capabilities'", 'CommandNotFound');
+    const command = this.commands.get(name);
+    if (!command) return fail(`The command ${name} has not been found`, 'CommandNotFound');
+    const args = (msg.arguments ?? {}) as Record<string, unknown>;
     try {
-      const ret = await handler(args as Record<string, unknown>, client);
+      checkMembers(args, command.args ?? {}, '');
+      const ret = await command.run(args, { client, afterReply: (fn) => after.push(fn) });
       reply({ return: ret ?? {} });
     } catch (e) {
-      reply({ error: { class: e instanceof QmpError ? e.cls : 'GenericError', desc: (e as Error).message } });
+      after.length = 0;
+      fail((e as Error).message, e instanceof QmpError ? e.cls : 'GenericError');
     }
   }
 }
 
-/** A small QMP client (for `minivmm qmp`, `minivmm update` and tests). */
+/** A small QMP client (for `minivmm qmp`, `minivmm update` and tests). Requests carry ids. */
 export class QmpConnection {
-  private buffered = '';
   private waiters: ((m: Record<string, unknown>) => boolean)[] = [];
+  private nextId = 1;
   readonly events: Record<string, unknown>[] = [];
   closed = false;
 
   private constructor(readonly socket: net.Socket) {
-    socket.setEncoding('utf8');
-    socket.on('data', (d: string) => {
-      this.buffered += d;
-      let nl: number;
-      while ((nl = this.buffered.indexOf('\n')) >= 0) {
-        const line = this.buffered.slice(0, nl).trim();
-        this.buffered = this.buffered.slice(nl + 1);
-        if (!line) continue;
-        const m = JSON.parse(line) as Record<string, unknown>;
-        if ('event' in m) this.events.push(m);
-        this.waiters = this.waiters.filter((w) => !w(m));
-      }
+    const reader = new JsonMessageReader((value) => {
+      if (!isObject(value)) return; // not QMP: nothing waits for it
+      if ('event' in value) this.events.push(value);
+      this.waiters = this.waiters.filter((w) => !w(value));
     });
+    socket.on('data', (d: Buffer) => reader.feed(d));
     socket.on('close', () => { this.closed = true; for (const w of this.waiters) w({ closed: true }); this.waiters = []; });
     socket.on('error', () => {});
   }
@@ -217,13 +288,15 @@ export class QmpConnection {
     return m;
   }
 
-  /** Sends a command and returns the whole reply ({return} or {error}); throws if the connection closes. */
+  /** Sends a command and returns its reply ({return} or {error}, without the id); throws if the connection closes. */
   async request(execute: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<Record<string, unknown>> {
-    const reply = this.next((m) => 'return' in m || 'error' in m, timeoutMs);
-    this.socket.write(`${JSON.stringify(args ? { execute, arguments: args } : { execute })}\n`);
+    const id = this.nextId++;
+    const reply = this.next((m) => m.id === id && ('return' in m || 'error' in m), timeoutMs);
+    this.socket.write(JSON.stringify(args ? { execute, arguments: args, id } : { execute, id }));
     const r = await reply;
     if ('closed' in r) throw new Error(`QMP connection closed while waiting for '${execute}'`);
-    return r;
+    const { id: _, ...rest } = r;
+    return rest;
   }
 
   /** Sends a command and returns its `return` value; an error reply throws its desc. */

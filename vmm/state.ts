@@ -39,7 +39,7 @@ export interface UpdateRecord {
   mode: 'cpr-exec' | 'cpr-transfer';
   /** process.hrtime (CLOCK_MONOTONIC) in ns, comparable across exec. Later times (state written,
    *  exec/send) cannot be in the sealed state: they travel beside it. */
-  t: { pauseStart: bigint; paused: bigint };
+  t: { pauseStart: bigint; paused: bigint; requested?: bigint };
   history: { n: number; downtime: number; path: string; phases: Record<string, number> }[];
 }
 
@@ -139,7 +139,7 @@ const vmmState = obj({
   vdpa: list(vdpaState, 0, 8),
   daemon: optional(obj({ pid: int(1, 2 ** 31 - 1), dir: str, args: optional(list(str)), restarts: optional(safe), files: optional(list(str)) })),
   update: obj({
-    n: safe, mode: oneOf('cpr-exec', 'cpr-transfer'), t: obj({ pauseStart: big, paused: big }),
+    n: safe, mode: oneOf('cpr-exec', 'cpr-transfer'), t: obj({ pauseStart: big, paused: big, requested: optional(big) }),
     history: list(obj({ n: safe, downtime: (v, at) => { if (typeof v !== 'number' || !Number.isFinite(v)) fail(at, 'is not a number'); }, path: str, phases: record((v, at) => { if (typeof v !== 'number') fail(at, 'is not a number'); }) }), 0, 64),
   }),
 });

@@ -145,6 +145,16 @@ export function watchDaemon(vmm: DaemonOwner): void {
 }
 
 /**
+ * Reaps `pid` as soon as the kernel lets us: a killed multithreaded process shows as a zombie
+ * before waitpid can take it (its other threads are still exiting), so one WNOHANG try can miss.
+ */
+function reapWhenDone(pid: number): void {
+  if (reapChild(pid)) return;
+  const timer = setInterval(() => { if (reapChild(pid) || !existsSync(`/proc/${pid}`)) clearInterval(timer); }, 20);
+  timer.unref();
+}
+
+/**
  * Starts the daemon again if it is gone (same arguments, same mount); true if it did. Also used by
  * a new image whose daemon died during the update, before it brings the devices up again.
  */
@@ -158,16 +168,12 @@ export async function restartDaemonIfGone(vmm: DaemonOwner, waitMs = 0): Promise
   // Our child since the first image (exec keeps the pid), which Node no longer tracks after an
   // exec: reap it, or it stays a zombie until the VM ends. A killed multi-threaded process shows
   // as a zombie before its last thread is gone, and cannot be reaped until then: keep trying.
-  if (!reapChild(d.pid)) reapWhenDone(d.pid);
+  reapWhenDone(d.pid);
   const { spawnVdpaDaemon } = await import('../devices/vdpa/launch.js');
   process.stderr.write(`minivmm: vdpa daemon (pid ${d.pid}) is gone; restarting it\n`);
   const { pid } = await spawnVdpaDaemon(d.dir, d.args);
   vmm.daemon = { ...d, pid, restarts: (d.restarts ?? 0) + 1 };
   return true;
-}
-
-function reapWhenDone(pid: number, triesLeft = 100): void {
-  setTimeout(() => { if (!reapChild(pid) && existsSync(`/proc/${pid}`) && triesLeft > 1) reapWhenDone(pid, triesLeft - 1); }, 20).unref();
 }
 
 async function recoverDaemon(vmm: DaemonOwner, d: DaemonRef): Promise<void> {

@@ -3,13 +3,14 @@
 // daemon supervision, exit hooks): Vmm.start (a fresh boot) and Vmm.fromState (the new image of
 // a live update). The update itself is owned here: beginUpdate pauses and saves, abortUpdate puts
 // everything back; the transports in cpr/ only carry the state and the fds between processes.
-import { unlinkSync } from 'node:fs';
+import { unlinkSync, accessSync, constants } from 'node:fs';
 import type { Accelerator, Vm } from '../src/accel/index.js';
 import { GuestMemory } from '../src/memory.js';
 import { cprFds, cprFindFd, cprSaveFd, type NamedFd } from '../src/cpr-fds.js';
 import { VhostVdpa, type VdpaState } from '../devices/vhost-vdpa.js';
 import { Machine } from './machine.js';
-import { QmpServer, QmpError } from './qmp.js';
+import { QmpServer } from './qmp.js';
+import { installCommands, shutdownData, type MonitorTarget, type MigrationParameters, type ShutdownCause } from './monitor.js';
 import { log, setLogLevel } from './log.js';
 import { Migration, type UpdateMode, type UpdateResult } from './migration.js';
 import { parseVdpaSpec, resolveVdpaPaths, attachVdpa, stopDaemon, watchDaemon, restartDaemonIfGone, type DaemonRef } from './vdpa.js';
@@ -68,14 +69,15 @@ export interface RestoreOptions {
   afterResume?: () => void;
 }
 
-export class Vmm {
+export class Vmm implements MonitorTarget {
   machine!: Machine;
   vdpa: VhostVdpa[] = [];
   /** The embedded device daemon this VM started (it outlives our exec; stopped when the VM ends). */
   daemon?: DaemonRef;
   qmp?: QmpServer;
-  params: { mode: string; cprExecCommand: string[] | null; vdpaPath: 'auto' | 'fallback'; transferTimeoutMs: number } =
-    { mode: 'normal', cprExecCommand: null, vdpaPath: 'auto', transferTimeoutMs: 5000 };
+  params: MigrationParameters = { mode: 'normal', cprExecCommand: null, vdpaPath: 'auto', transferTimeoutMs: 5000 };
+  /** Migration capabilities (QMP), the process's own as in QEMU: a new image starts with them off. */
+  capabilities = { events: false };
   readonly migration = new Migration((status) => this.event('MIGRATION', { status }));
   /** How many live updates this VM went through, and the last few of them (both carried in the state). */
   updates = 0;
@@ -193,7 +195,7 @@ export class Vmm {
    * device could not be quiesced: the update is then already rolled back and reported failed.
    */
   async beginUpdate(mode: UpdateMode): Promise<PreparedUpdate | null> {
-    const tm = { pauseStart: now(), paused: 0n };
+    const tm = { pauseStart: now(), paused: 0n, requested: this.migration.requested };
     const wasRunning = this.machine.running;
     this.migration.active();
     await this.machine.pause();
@@ -241,13 +243,13 @@ export class Vmm {
   /** vCPU threads report guest exit (exit port) and fatal errors here. */
   onVcpuEvent = (e: VcpuEvent): void => {
     if (e.type === 'exit') void this.exit(e.code);
-    else { process.stderr.write(`minivmm: ${e.message}\n`); void this.exit(1); }
+    else { process.stderr.write(`minivmm: ${e.message}\n`); void this.exit(1, 'host-error'); }
   };
 
-  async exit(code: number): Promise<never> {
+  async exit(code: number, reason: ShutdownCause = 'guest-shutdown'): Promise<never> {
     if (!this.exiting) {
       this.exiting = true;
-      this.event('SHUTDOWN', { guest: true, reason: 'guest-shutdown' });
+      this.event('SHUTDOWN', shutdownData(reason));
       if (this.machine?.config.qmp) { try { unlinkSync(this.machine.config.qmp); } catch { /* already gone */ } }
       if (this.machine) await Promise.race([this.machine.vcpus.stop(), new Promise((r) => setTimeout(r, 2000))]);
       for (const hook of this.exitHooks) {
@@ -282,7 +284,7 @@ export class Vmm {
       return;
     }
     process.stderr.write(`minivmm: ${sig}: shutting down the VM${this.updates ? ` after live update ${this.updates}` : ''}\n`);
-    void this.exit(signalExitCode(sig));
+    void this.exit(signalExitCode(sig), 'host-signal');
   }
 
   /** The update failed or rolled back here (or completed here): act on a signal that came during it. */
@@ -290,90 +292,45 @@ export class Vmm {
     if (this.pendingSignal && !this.updating) this.onSignal(this.pendingSignal);
   }
 
-  // ---- monitor ----
+  // ---- monitor: what the QMP commands (vmm/monitor.ts) act on ----
 
   private async startMonitor(qmp: QmpServer): Promise<void> {
     this.qmp = qmp;
-    const q = qmp;
-    q.register('query-status', () => ({ status: this.machine.running ? 'running' : 'paused', running: this.machine.running, singlestep: false }));
-    q.register('query-version', () => ({ qemu: { major: VERSION.major, minor: VERSION.minor, micro: VERSION.micro }, package: VERSION.package }));
-    q.register('stop', async () => {
-      if (this.machine.running) { await this.machine.pause(); q.event('STOP'); }
-      return {};
-    });
-    q.register('cont', () => {
-      if (this.updating) throw new QmpError('a migration is in progress');
-      if (!this.machine.running) { this.machine.resume(); q.event('RESUME'); }
-      return {};
-    });
-    q.register('quit', (_args, client) => {
-      client.send({ return: {} }, () => void this.exit(0));
-      return new Promise(() => {}); // replied above; never resolves
-    });
-    q.register('migrate-set-parameters', (args) => {
-      const { mode, 'cpr-exec-command': cmd, 'x-vdpa-path': vdpaPath, 'x-transfer-timeout-ms': timeout } = args as { mode?: unknown; 'cpr-exec-command'?: unknown; 'x-vdpa-path'?: unknown; 'x-transfer-timeout-ms'?: unknown };
-      if (timeout !== undefined) {
-        if (typeof timeout !== 'number' || !Number.isInteger(timeout) || timeout < 1 || timeout > 600_000) throw new QmpError("Parameter 'x-transfer-timeout-ms' expects an integer from 1 to 600000");
-        this.params.transferTimeoutMs = timeout;
-      }
-      if (vdpaPath !== undefined) {
-        if (vdpaPath !== 'auto' && vdpaPath !== 'fallback') throw new QmpError("Parameter 'x-vdpa-path' expects 'auto' or 'fallback'");
-        this.params.vdpaPath = vdpaPath;
-      }
-      if (mode !== undefined) {
-        if (mode !== 'normal' && mode !== 'cpr-exec' && mode !== 'cpr-transfer') throw new QmpError(`Parameter 'mode' does not accept value '${String(mode)}' (supported: normal, cpr-exec, cpr-transfer)`);
-        this.params.mode = mode;
-      }
-      if (cmd !== undefined) {
-        if (!Array.isArray(cmd) || !cmd.every((a) => typeof a === 'string' && a.length > 0)) {
-          throw new QmpError("Parameter 'cpr-exec-command' expects an array of non-empty strings");
-        }
-        // [] means the default: this build, same options.
-        this.params.cprExecCommand = cmd.length ? (cmd as string[]) : null;
-      }
-      return {};
-    });
-    q.register('query-migrate-parameters', () => ({ mode: this.params.mode, 'cpr-exec-command': this.params.cprExecCommand ?? [], 'x-vdpa-path': this.params.vdpaPath, 'x-transfer-timeout-ms': this.params.transferTimeoutMs }));
-    q.register('query-migrate', () => this.queryMigrate());
-    q.register('x-query-stats', () => {
-      const at = this.machine.vcpus.firstRunAt;
-      return { 'first-run-ms': at ?? null, 'first-run-epoch-ms': at === undefined ? null : performance.timeOrigin + at, updates: this.updates, accelerator: this.accel.kind };
-    });
-    q.register('x-query-vdpa', () => ({
+    installCommands(qmp, this);
+  }
+
+  get accelerator(): MonitorTarget['accelerator'] { return { kind: this.accel.kind, kvmPresent: kvmPresent() }; }
+  get running(): boolean { return this.machine.running; }
+  stop(): Promise<void> { return this.machine.pause(); }
+  cont(): void { this.machine.resume(); }
+  quit(reason: ShutdownCause): void { void this.exit(0, reason); }
+
+  /** `migrate` accepted (its checks done): status setup now, the update itself after the reply (an exec closes the connection). */
+  migrate(mode: UpdateMode, uri: string): void {
+    this.migration.setup();
+    setImmediate(() => { void this.migrators[mode](this, uri); });
+  }
+
+  stats(): Record<string, unknown> {
+    const at = this.machine.vcpus.firstRunAt;
+    return { 'first-run-ms': at ?? null, 'first-run-epoch-ms': at === undefined ? null : performance.timeOrigin + at, updates: this.updates };
+  }
+
+  vdpaInfo(): unknown {
+    return {
       daemon: this.daemon ?? null,
       devices: this.vdpa.map((d) => ({
         index: d.index, path: d.devicePath, 'device-id': d.deviceId, 'update-path': d.updatePath,
         'backend-features-offered': `0x${d.offered.toString(16)}`, 'backend-features': `0x${d.negotiated.toString(16)}`,
         status: d.transport.status, gsi: d.gsi, base: `0x${d.base.toString(16)}`,
       })),
-    }));
-    q.register('migrate', async (args) => {
-      const uri = (args as { uri?: unknown }).uri;
-      const mode = this.params.mode;
-      if (mode !== 'cpr-exec' && mode !== 'cpr-transfer') throw new QmpError(`migration mode '${mode}' is not supported: set mode 'cpr-exec' or 'cpr-transfer' with migrate-set-parameters`);
-      if (mode === 'cpr-exec' && (typeof uri !== 'string' || !uri.startsWith('file:') || uri.length <= 5)) throw new QmpError("Parameter 'uri' must be 'file:PATH' (the CPR state itself travels in a memfd)");
-      if (mode === 'cpr-transfer' && (typeof uri !== 'string' || !uri.startsWith('unix:') || uri.length <= 5)) throw new QmpError("Parameter 'uri' must be 'unix:PATH', the socket of the new process (started with --incoming cpr-transfer:PATH)");
-      try { this.migration.setup(); } catch (e) { throw new QmpError((e as Error).message); }
-      // Reply first: the exec that follows closes this connection.
-      setImmediate(() => { void this.migrators[mode](this, uri as string); });
-      return {};
-    });
+    };
   }
+}
 
-  queryMigrate(): Record<string, unknown> {
-    const m = this.migration;
-    if (m.status === 'none') return {};
-    const out: Record<string, unknown> = { status: m.status };
-    if (m.error) out['error-desc'] = m.error;
-    if (m.rolledBack !== undefined) out.rolled_back = m.rolledBack;
-    if (m.last && m.status === 'completed') {
-      out.downtime = m.last.downtime;
-      out['total-time'] = m.last.downtime;
-      out.cpr = { n: m.last.n, mode: m.last.mode, path: m.last.path, phases: m.last.phases, devices: m.last.devices };
-      out.rolled_back = false;
-    }
-    return out;
-  }
+/** /dev/kvm can be opened for reading and writing (QMP query-kvm's `present`). */
+function kvmPresent(): boolean {
+  try { accessSync('/dev/kvm', constants.R_OK | constants.W_OK); return true; } catch { return false; /* absent, or not ours to use */ }
 }
 
 /** The update's report: its blackout and where the time went, from the old image's and this one's clocks. */
@@ -385,6 +342,7 @@ function updateResult(u: UpdateRecord, a: Arrival, t: { decoded: bigint; vm: big
     path: devices.length === 0 ? 'none' : devices.some((d) => d.path === 'fallback') ? 'fallback' : 'new-owner',
     devices,
     downtime: round(ms(u.t.pauseStart, t.resumed)),
+    setup: round(ms(u.t.requested ?? u.t.pauseStart, u.t.pauseStart)),
     phases: {
       pause: round(ms(u.t.pauseStart, u.t.paused)),
       save: round(ms(u.t.paused, a.saved)),

@@ -3,10 +3,11 @@
 import { edgeU32, type Rng } from './prng.js';
 
 export const COMMANDS: Record<string, string[]> = {
-  'query-status': [], 'query-version': [], stop: [], cont: [], 'query-migrate': [], 'query-migrate-parameters': [],
-  'x-query-stats': [], 'x-query-vdpa': [], qmp_capabilities: [],
-  'migrate-set-parameters': ['mode', 'cpr-exec-command', 'x-vdpa-path', 'cpr-transfer-path', 'incoming'],
-  migrate: ['uri', 'detach', 'resume', 'blk'],
+  'query-status': [], 'query-version': [], 'query-kvm': [], stop: [], cont: [], 'query-migrate': [], 'query-migrate-parameters': [],
+  'x-query-stats': [], 'x-query-vdpa': [], qmp_capabilities: ['enable'], 'query-migrate-capabilities': [],
+  'migrate-set-capabilities': ['capabilities'],
+  'migrate-set-parameters': ['mode', 'cpr-exec-command', 'x-vdpa-path', 'x-transfer-timeout-ms', 'cpr-transfer-path', 'incoming'],
+  migrate: ['uri', 'channels', 'detach', 'resume', 'blk'],
 };
 const FORBIDDEN = new Set(['quit', 'system_powerdown', 'system_reset']);
 
@@ -34,13 +35,16 @@ export function junkValue(r: Rng, depth = 0): unknown {
   }
 }
 
+/** Commands QEMU and minivmm both have, taking the same arguments (none). */
+export const SHARED_COMMANDS: Record<string, string[]> = { 'query-status': [], 'query-version': [], 'query-kvm': [], stop: [], cont: [], 'query-migrate': [] };
+
 /** A command with random arguments; a `migrate` never carries a startable uri. */
-export function commandLine(r: Rng): { obj: Record<string, unknown>; text: string } {
-  const name = r.pick(Object.keys(COMMANDS));
+export function commandLine(r: Rng, commands = COMMANDS): { obj: Record<string, unknown>; text: string } {
+  const name = r.pick(Object.keys(commands));
   const obj: Record<string, unknown> = { execute: name };
   if (r.bool(0.85)) {
     const args: Record<string, unknown> = {};
-    for (const p of COMMANDS[name]) if (r.bool(0.6)) args[p] = junkValue(r);
+    for (const p of commands[name]) if (r.bool(0.6)) args[p] = junkValue(r);
     if (r.bool(0.3)) args[r.pick(['', 'foo', 'MODE', '__proto__', r.str(8)])] = junkValue(r);
     obj.arguments = r.bool(0.9) ? args : junkValue(r);
   }
@@ -61,8 +65,8 @@ export function unknownCommand(r: Rng): string {
 }
 
 /** A valid line mangled: characters dropped, inserted, swapped, truncated. */
-export function malformed(r: Rng): string {
-  let s = commandLine(r).text;
+export function malformed(r: Rng, commands = COMMANDS): string {
+  let s = commandLine(r, commands).text;
   const n = 1 + r.int(4);
   for (let i = 0; i < n; i++) {
     const at = r.int(s.length + 1);
@@ -90,12 +94,15 @@ export function garbage(r: Rng): Buffer {
   return b;
 }
 
-/** How many replies the server owes for `data` (non-empty lines after trim, as QmpServer splits). */
-export function expectedReplies(data: Buffer): number {
-  const text = new TextDecoder('utf-8').decode(data);
-  const parts = text.split('\n');
-  parts.pop(); // the part after the last newline is still pending
-  return parts.filter((l) => l.trim() !== '').length;
+/**
+ * What a client sends to force QMP's JSON parser into a known state (QMP spec: provoke a lexical
+ * error with a control character other than tab, CR, LF). The server answers it with one error.
+ */
+export const RESYNC = '\u0004';
+
+/** A line that is one whole JSON text: the server owes it a reply, before the resync's own. */
+export function isJsonText(line: Buffer): boolean {
+  try { JSON.parse(new TextDecoder('utf-8').decode(line)); return true; } catch { return false; }
 }
 
 export const nested = (depth: number, open = '[', close = ']'): string => open.repeat(depth) + close.repeat(depth);
