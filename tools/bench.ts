@@ -7,6 +7,8 @@
 //    each paired with one in the same run: the cpr-exec blackout without devices and with a va and
 //    a pa device, cpr-transfer, VMM start to the guest's first instruction.
 // 3. QMP round trip; host-driven frames/s through the embedded device's loopback.
+// 4. The emu accelerator's speed: guest instructions per second on counter and memtest (and, where
+//    /dev/kvm exists, against KVM in the same run).
 import { parseArgs } from 'node:util';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
@@ -19,6 +21,7 @@ import { parseSize } from '../vmm/config.js';
 import { parseStats, quantile, median, slope } from './stats.js';
 import { leanEnv } from '../cpr/exec.js';
 import { copyBuild, type BuildCopy } from './build-copy.js';
+import { emuSpeed, describeEmuResult, type EmuBenchResult } from './emu-bench.js';
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 /** The private copy of the build every VM of the run starts from (main() makes it): a rebuild of dist/ meanwhile cannot break a run. */
@@ -253,7 +256,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     sizes: { type: 'string', default: '1G,2G,4G,8G,16G' }, updates: { type: 'string', default: '10' }, json: { type: 'boolean', default: false },
     'pin-cost-ms-per-gib': { type: 'string' }, quick: { type: 'boolean', default: false },
-    accel: { type: 'string', default: 'auto' }, only: { type: 'string', default: 'node,ram,misc' },
+    accel: { type: 'string', default: 'auto' }, only: { type: 'string', default: 'node,ram,misc,emu' },
   } });
   const only = new Set((values.only as string).split(','));
   const accels = (values.accel as string).split(',');
@@ -275,12 +278,14 @@ async function main(): Promise<void> {
     const noDevice = misc ? await noDeviceBlackout(dir, n) : undefined;
     if (misc) progress('loopback frames/s (host-driven, 3 s per mode)...');
     const loopback = misc ? loopbackFramesPerSecond() : {};
+    if (only.has('emu')) progress('emu: guest instructions per second (counter, memtest)...');
+    const emu: EmuBenchResult[] = only.has('emu') ? await emuSpeed({ kvm: existsSync('/dev/kvm') }) : [];
     progress('');
     const byPath = (p: string) => results.filter((r) => r.path === p) as { gib: number; median_ms: number; size: string }[];
     const slopes = Object.fromEntries(KINDS.map((p) => [p, r2(slope(byPath(p).map((r) => [r.gib, r.median_ms])))]));
     const ratios = Object.fromEntries(byPath('new-owner').map((r) => [r.size, r2((byPath('fallback').find((f) => f.size === r.size)?.median_ms ?? NaN) / r.median_ms)]));
     const out = {
-      machine, command, against_node: vsNode, results,
+      machine, command, against_node: vsNode, emu_instructions_per_s: emu, results,
       slope_ms_per_gib: slopes, ratio_fallback_over_new_owner: ratios,
       startup_to_first_instruction_ms: { median: r1(median(startup)), p90: r1(quantile(startup, 0.9)), n: startup.length },
       qmp_round_trip_ms: { median: r2(median(qmp)), p90: r2(quantile(qmp, 0.9)), n: qmp.length },
@@ -303,6 +308,7 @@ async function main(): Promise<void> {
       const d = rows['cpr-exec, va + pa devices'], z = rows['cpr-exec, no device'];
       if (d && z) console.log(`devices add ${r1(d.median_ms - z.median_ms)} ms to a cpr-exec blackout (target <= 5 ms); phases with devices: ${Object.entries(d.phases ?? {}).map(([k, v]) => `${k} ${v}`).join(', ')}`);
     }
+    if (emu.length) { console.log(''); for (const r of emu) console.log(describeEmuResult(r)); }
     if (!results.length && !misc) { console.log(`\nwritten: ${stem}.json`); return; }
     console.log(`\nlive-update blackout, netloop on sim:net,pa, ${n} updates per kind and size (ms; phases are medians)`);
     console.log('cpr-exec new-owner, cpr-exec fallback (forced), cpr-transfer (new-owner); "handoff" is the exec or the fd transfer');

@@ -38,10 +38,10 @@ async function runOnce(name: string, cmdline: string, memory: number, counting: 
   return { instructions: Number(shim.instructions()), seconds, output: g.output };
 }
 
-/** Wall time of `minivmm run` (today's KVM-only CLI) for a guest. */
+/** Wall time of `minivmm run --accel kvm` for a guest. */
 function kvmSeconds(name: string, cmdline: string, memory: number): number {
   const t0 = process.hrtime.bigint();
-  const p = spawnSync(process.execPath, [join(ROOT, 'bin/minivmm.js'), 'run', '--guest', name, '--memory', `${memory / MiB}M`, ...(cmdline ? ['--append', cmdline] : [])], { encoding: 'utf8' });
+  const p = spawnSync(process.execPath, [join(ROOT, 'bin/minivmm.js'), 'run', '--accel', 'kvm', '--guest', name, '--memory', `${memory / MiB}M`, ...(cmdline ? ['--append', cmdline] : [])], { encoding: 'utf8' });
   if (p.status !== 0) throw new Error(`KVM run of ${name} failed: ${p.stderr.trim().split('\n').pop()}`);
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
@@ -61,20 +61,26 @@ export async function emuBench(name: string, cmdline: string, memory: number, re
   return r;
 }
 
+/** The standard set: counter (compute) and memtest on emu; with `kvm`, a smaller counter on both for a ratio. */
+export async function emuSpeed(o: { iters?: string; rounds?: string; memory?: number; kvm?: boolean } = {}): Promise<EmuBenchResult[]> {
+  const results = [
+    await emuBench('counter', `iters=${o.iters ?? '20000000'} rounds=${o.rounds ?? '3'}`, 256 * MiB),
+    await emuBench('memtest', '', o.memory ?? 1024 * MiB),
+  ];
+  if (o.kvm) results.push(await emuBench('counter', 'iters=400000 rounds=2', 256 * MiB, 3, true));
+  return results;
+}
+
+export function describeEmuResult(r: EmuBenchResult): string {
+  const kvm = r.kvm ? `; KVM ${(r.kvm.instructionsPerSecond / 1e6).toFixed(1)} M instructions/s (${r.kvm.seconds.toFixed(2)} s): emu ${(r.instructionsPerSecond / r.kvm.instructionsPerSecond).toFixed(0)}x` : '';
+  return `emu ${r.guest} ${r.args || '(defaults)'} ${r.memory / MiB} MiB: ${(r.instructions / 1e6).toFixed(1)} M instructions in ${r.seconds.toFixed(3)} s = ${(r.instructionsPerSecond / 1e6).toFixed(0)} M instructions/s${kvm}`;
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: { iters: { type: 'string', default: '20000000' }, rounds: { type: 'string', default: '3' }, memory: { type: 'string', default: '1024' }, kvm: { type: 'boolean', default: false } },
   });
-  const memory = Number(values.memory) * MiB;
-  const results = [
-    await emuBench('counter', `iters=${values.iters} rounds=${values.rounds}`, 256 * MiB),
-    await emuBench('memtest', '', memory),
-  ];
-  if (values.kvm) results.push(await emuBench('counter', 'iters=400000 rounds=2', 256 * MiB, 3, true));
-  for (const r of results) {
-    const kvm = r.kvm ? `; KVM ${(r.kvm.instructionsPerSecond / 1e6).toFixed(1)} M instructions/s (${r.kvm.seconds.toFixed(2)} s): emu ${(r.instructionsPerSecond / r.kvm.instructionsPerSecond).toFixed(0)}x` : '';
-    console.log(`emu ${r.guest} ${r.args || '(defaults)'} ${r.memory / MiB} MiB: ${(r.instructions / 1e6).toFixed(1)} M instructions in ${r.seconds.toFixed(3)} s = ${(r.instructionsPerSecond / 1e6).toFixed(0)} M instructions/s${kvm}`);
-  }
+  for (const r of await emuSpeed({ iters: values.iters, rounds: values.rounds, memory: Number(values.memory) * MiB, kvm: values.kvm })) console.log(describeEmuResult(r));
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) await main();
