@@ -11,14 +11,16 @@ import { fuzzCases, fuzzSeed, rng } from './fuzz/prng.js';
 import { RESYNC, SHARED_COMMANDS, commandLine, garbage, junkValue, malformed, nonObject } from './fuzz/qmp.js';
 import { QmpServer } from '../vmm/qmp.js';
 import { installCommands, shutdownData, type MonitorTarget, type MigrationParameters, type ShutdownCause } from '../vmm/monitor.js';
-import { VERSION, type MigrationInfo } from '../vmm/vmm.js';
+import { VERSION } from '../vmm/vmm.js';
+import { Migration } from '../vmm/migration.js';
 
 /** The machine behind the monitor, without a VM: it records what the monitor asked of it. */
 class StandIn implements MonitorTarget {
   running = true;
   params: MigrationParameters = { mode: 'normal', cprExecCommand: null, vdpaPath: 'auto', transferTimeoutMs: 5000 };
   capabilities = { events: false };
-  migration: MigrationInfo = { status: 'none' };
+  /** The same Migration object the Vmm has: it sends the MIGRATION events. */
+  migration = new Migration((status) => this.server.event('MIGRATION', { status }));
   readonly accelerator = { kind: 'emu' as const, kvmPresent: false };
   calls: string[] = [];
   constructor(private readonly server: QmpServer) {}
@@ -28,13 +30,10 @@ class StandIn implements MonitorTarget {
   /** Completes at once, as a live update would: active, then completed with fractional figures. */
   migrate(mode: 'cpr-exec' | 'cpr-transfer', uri: string): void {
     this.calls.push(`migrate ${mode} ${uri}`);
-    this.migration = { status: 'setup', requested: process.hrtime.bigint() };
+    this.migration.setup();
     setImmediate(() => {
-      this.migration.status = 'active';
-      this.server.event('MIGRATION', { status: 'active' });
-      const last = { n: 1, mode, downtime: 12.34, setup: 0.56, path: 'none', phases: { pause: 0.1 } };
-      this.migration = { status: 'completed', last };
-      this.server.event('MIGRATION', { status: 'completed' });
+      this.migration.active();
+      this.migration.completed({ n: 1, mode, downtime: 12.34, setup: 0.56, path: 'none', phases: { pause: 0.1 }, devices: [] });
     });
   }
   vdpaInfo(): unknown { return { daemon: null, devices: [] }; }
@@ -150,7 +149,7 @@ describe('the QMP monitor over a stand-in machine', () => {
     const chan = (type: string, addr: object) => ({ 'channel-type': type, addr });
     const unix = (p: string) => ({ transport: 'socket', type: 'unix', path: p });
     const migrate = (args: object) => `{"execute":"migrate","arguments":${JSON.stringify(args)}}`;
-    m.target.migration = { status: 'none' };
+    m.target.migration = new Migration((status) => m.server.event('MIGRATION', { status }));
     const r = await ask([
       '{"execute":"migrate-set-parameters","arguments":{"mode":"cpr-transfer"}}',
       migrate({ channels: [chan('main', unix('/x/main.sock'))] }),
@@ -269,7 +268,7 @@ describeWith(['qemu'], 'the same bytes to QEMU and to minivmm', () => {
       parts: ['1', '-5', '1.5', '"s"', '"\\u00e9\'"', "'single'", 'true', 'false', 'null', '[1,"a",null,[]]', '{"a":{"b":[]},"c":0}'].map((id) => `{"execute":"query-status","id":${id}}`),
     },
     { name: 'a command before negotiation', negotiate: false, parts: ['{"execute":"query-status","id":1}', '{"execute":"no-such-command","id":2}', '{"id":3}', '{"execute":"qmp_capabilities","id":4}', '{"execute":"qmp_capabilities","id":5}'], sameWording: true },
-    { name: 'events capability and query-kvm', before: () => { mini.target.migration = { status: 'none' }; }, parts: ['{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]},"id":1}', '{"execute":"query-kvm","id":2}', '{"execute":"query-migrate","id":3}'], shapeOf: true },
+    { name: 'events capability and query-kvm', before: () => { mini.target.migration = new Migration((status) => mini.server.event('MIGRATION', { status })); }, parts: ['{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]},"id":1}', '{"execute":"query-kvm","id":2}', '{"execute":"query-migrate","id":3}'], shapeOf: true },
   ];
 
   for (const c of cases) {
@@ -306,7 +305,7 @@ describeWith(['qemu'], 'the same bytes to QEMU and to minivmm', () => {
     const qemuOff = await flow(await qemu('qemu-off'), '', 'exec:cat > /dev/null', false);
     const qemuOn = await flow(await qemu('qemu-on'), '', 'exec:cat > /dev/null', true);
     const setMode = '{"execute":"migrate-set-parameters","arguments":{"mode":"cpr-exec"}}'; // see DIFFERENCES.mode
-    mini.target.migration = { status: 'none' };
+    mini.target.migration = new Migration((status) => mini.server.event('MIGRATION', { status }));
     const miniOff = await flow(miniPath, setMode, 'file:/dev/null', false);
     const miniOn = await flow(miniPath, setMode, 'file:/dev/null', true);
     for (const r of [qemuOff, qemuOn, miniOff, miniOn]) expect(r.reply).toEqual({ return: {}, id: 'm' });
