@@ -1,6 +1,9 @@
 // 16550A UART at COM1 (0x3f8, IRQ 4), transmit side. Every vCPU exit is handled on the main
 // thread, so the registers need no lock. Receive is not modelled: LSR never reports data ready.
 
+import { writeSync } from 'node:fs';
+import { pollOne, POLLOUT } from '../src/libc.js';
+
 export const COM1_BASE = 0x3f8, COM1_IRQ = 4;
 /** isa-debug-exit style port: the value written becomes the VMM's exit status. */
 export const EXIT_PORT = 0xf4;
@@ -71,4 +74,28 @@ export class Serial {
       default: break; // LSR/MSR are read-only
     }
   }
+}
+
+/**
+ * The host side of the UART: each transmitted byte written to `fd`. A reader that is slow (a full
+ * non-blocking pipe: EAGAIN) is waited for, up to 10 s per byte; one that is gone (EPIPE), or
+ * that stops reading for that long, costs the guest its output, never the guest itself: the
+ * output stops with one line on stderr and the guest runs on.
+ */
+export function fdSink(fd: number, label = 'serial output'): (byte: number) => void {
+  const one = Buffer.alloc(1);
+  let stopped = false;
+  return (byte) => {
+    if (stopped) return;
+    one[0] = byte;
+    for (let waited = 0; ;) {
+      try { writeSync(fd, one); return; } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EAGAIN' && waited < 10_000) { pollOne(fd, POLLOUT, 100); waited += 100; continue; }
+        stopped = true;
+        process.stderr.write(`minivmm: ${label} stopped (${code === 'EAGAIN' ? 'nobody read it for 10 s' : code ?? (e as Error).message}); the guest runs on\n`);
+        return;
+      }
+    }
+  };
 }

@@ -76,6 +76,15 @@ export const write = (label: string, fd: number, buf: Buffer): number =>
   sys(label, 'write', [T.I32, T.U8Array, T.U64], [fd, buf, buf.length], T.I64);
 export const read = (label: string, fd: number, buf: Buffer): number =>
   sys(label, 'read', [T.I32, T.U8Array, T.U64], [fd, buf, buf.length], T.I64);
+export const POLLIN = 1, POLLOUT = 4;
+/** poll(2) on one fd: true if `events` are ready within `timeoutMs` (EINTR counts as not yet). */
+export function pollOne(fd: number, events: number, timeoutMs: number): boolean {
+  const pfd = Buffer.alloc(8); pfd.writeInt32LE(fd, 0); pfd.writeInt16LE(events, 4);
+  try { return sys('poll', 'poll', [T.U8Array, T.U64, T.I32], [pfd, 1, timeoutMs]) > 0; } catch (e) {
+    if (e instanceof SyscallError && e.code === 'EINTR') return false;
+    throw e;
+  }
+}
 export const fcntl = (fd: number, cmd: number, arg = 0): number =>
   sys('fcntl', 'fcntl', [T.I32, T.I32, T.I64], [fd, cmd, arg]);
 export const ftruncate = (fd: number, length: number): void => {

@@ -32,7 +32,7 @@ describe('--accel on the command line', () => {
 
 describeWith(['root', 'emu'], 'a host whose /dev/kvm is unusable', () => {
   it('auto runs the guest on the emulator and says so in one notice line', async () => {
-    const r = await withoutKvm(['run', '--guest', 'hello']);
+    const r = await withoutKvm(['run', '--guest', 'hello', '--accel', 'auto']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^Hello from minivmm guest$/m);
     expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^minivmm: accelerator: emu .*\(\/dev\/kvm unusable: KVM_GET_API_VERSION failed: ENOTTY/)]);

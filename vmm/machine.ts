@@ -1,10 +1,10 @@
 // Machine assembly (Firecracker's vstate: vm, vcpus, memory) over the accelerator seam: build a
 // fresh VM, or rebuild one from a saved MachineState over inherited RAM memfds.
-import { openSync, writeSync } from 'node:fs';
+import { openSync } from 'node:fs';
 import type { Accelerator, Vm } from '../src/accel/index.js';
 import { GuestMemory } from '../src/memory.js';
 import { cprSaveFd } from '../src/cpr-fds.js';
-import { Serial, COM1_BASE, COM1_IRQ, EXIT_PORT } from '../devices/serial.js';
+import { Serial, fdSink, COM1_BASE, COM1_IRQ, EXIT_PORT } from '../devices/serial.js';
 import { prepareBoot, setupLongMode, type BootDevice } from './boot.js';
 import { Vcpus, GuestExit, type VcpuEvent } from './vcpus.js';
 import type { MachineConfig, MachineState } from './state.js';
@@ -20,7 +20,7 @@ export class Machine {
 
   private constructor(readonly config: MachineConfig, readonly vm: Vm, readonly mem: GuestMemory, readonly serialFd: number, onEvent: (e: VcpuEvent) => void) {
     if (serialFd > 2) cprSaveFd('serial', 0, serialFd); // a --serial FILE: the new image appends to the same open file
-    this.serial = new Serial((byte) => writeSync(serialFd, Buffer.of(byte)), (level) => vm.irqLine(COM1_IRQ, level));
+    this.serial = new Serial(fdSink(serialFd), (level) => vm.irqLine(COM1_IRQ, level));
     this.vcpus = new Vcpus({
       in: (port) => (port >= COM1_BASE && port < COM1_BASE + 8 ? this.serial.read(port - COM1_BASE) : 0xffffffff),
       out: (port, _size, value) => {
