@@ -565,10 +565,11 @@ function e2eLine(r: E2eReport): string {
   const rb = r.updates.filter((u) => u.rolled_back).length, refused = r.updates.filter((u) => u.intent === 'refused' && u.status === 'failed').length;
   const pins = [...new Set(r.updates.map((u) => `${u.vmpin_before}->${u.vmpin_after}`))].join(' ');
   const worst = Math.max(0, ...done.map((u) => u.downtime_ms ?? 0));
+  const gap = Math.max(0, ...done.map((u) => u.guest_gap_ms ?? 0));
   return `${paths || 'no update'}${rb ? `, ${rb} rolled back` : ''}${refused ? `, ${refused} transfer refused` : ''}; ` +
     `net ${r.net?.received ?? 0} frames, ${r.net?.lost ?? '?'} lost/${r.net?.duplicated ?? '?'} dup/${r.net?.corrupt ?? '?'} corrupt; ` +
     `blk ${r.blk?.verified ?? 0} verified, ${r.blk?.mismatches ?? '?'} mismatches; VmPin kB ${pins}; ` +
-    `longest blackout ${worst.toFixed(0)} ms, guest's longest gap ${r.net?.max_gap_ms?.toFixed(0) ?? '?'} ms` +
+    `longest blackout ${worst.toFixed(0)} ms, guest's longest gap around an update ${gap.toFixed(0)} ms (${r.guest_gap_before_updates_ms?.toFixed(0) ?? '?'} ms with none)` +
     `${r.ratio_fallback_to_new_owner !== null ? `; fallback/new-owner blackout ${r.ratio_fallback_to_new_owner}` : ''}`;
 }
 
