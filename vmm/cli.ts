@@ -21,8 +21,8 @@ const USAGE = `usage: minivmm <command> [options]
   update   --socket PATH [--mode cpr-exec|cpr-transfer] [--incoming PATH] [--exec ARGV...] [--json]
   demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--mode cpr-exec|cpr-transfer] [--inject new-process-crash] [--json]   (npm start)
   conformance --device PATH [--json FILE]      (the vhost-vdpa conformance suite)
-  kernel-test [--kernel BZIMAGE | --source DIR] [--fragment FILE] [--json OUT] [--timeout SEC]
-              (the suite against a real kernel's vhost-vdpa + vdpa_sim, in QEMU)`;
+  kernel-test [--kernel BZIMAGE | --source DIR] [--dma va,pa] [--no-e2e | --e2e-only] [--install-deps] ...
+              (the suite and a live update against a real kernel's vhost-vdpa + vdpa_sim, in QEMU)`;
 
 /** "512M", "1G", "16GiB", "1048576" → bytes. */
 export function parseSize(text: string): number {

@@ -423,8 +423,15 @@ async function finalChecks(o: Options, vmms: Vmms, devs: string[], infos: Device
     const bad = q.find((x) => !x.ok) as { error: string } | undefined;
     if (bad) { fail(`vdpa dev vstats show ${name}: ${bad.error} (EAGAIN means FEATURES_OK is not set)`); continue; }
     const first = q.map((x) => (x as { counters: Record<string, number> }).counters);
+    // Read again once the device must have moved frames since: the guest's count (which lags the
+    // device's by at most its TX window) has grown by more than that window past a line printed
+    // after the first read.
+    const window = Number(/^net ready .* window=(\d+)/m.exec(vmms.out)?.[1] ?? 64);
+    const received = (t: string): number => [...t.matchAll(/^net sent=\d+ received=(\d+)/gm)].map((m) => Number(m[1])).pop() ?? -1;
     const mark = vmms.out.length;
-    await vmms.waitOutput(mark, (t) => /^net sent=.*\n/m.test(t), 'a stats line after the last update', 30_000).catch(() => undefined);
+    await vmms.waitOutput(mark, (t) => received(t) >= 0, 'a stats line after reading vstats');
+    const g1 = received(vmms.out.slice(mark));
+    await vmms.waitOutput(mark, (t) => received(t) > g1 + window, `the guest receiving more than ${window} frames after reading vstats`);
     const second = [0, 1].map((qidx) => vstats(name, qidx)).map((x) => (x.ok ? x.counters : {}));
     const moved = first.map((c, k) => Object.keys(c).some((key) => (second[k][key] ?? 0) > c[key]));
     out[name] = { rx: { first: first[0], then: second[0] }, tx: { first: first[1], then: second[1] } };
