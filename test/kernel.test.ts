@@ -131,6 +131,15 @@ describe('kernel-test harness (no QEMU)', () => {
     expect(hiddenInGuest('/usr')).toBe(null);
   });
 
+  it('the e2e driver refuses bad arguments with one line and exit 2', () => {
+    const e2e = join(import.meta.dirname, '../dist/tools/kernel/e2e.js');
+    for (const args of [[], ['--net', '/dev/null', '--blk', '/dev/null'], ['--net', 'a', '--blk', 'b', '--dma', 'xx'], ['--bogus']]) {
+      const r = spawnSync(process.execPath, [e2e, ...args], { encoding: 'utf8' });
+      expect(r.status, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(/^e2e: .*\nusage: /);
+    }
+  });
+
   it('VmPin is read exactly, and a negative count printed unsigned is recognised', () => {
     expect(typeof vmPinKiB(process.pid)).toBe('bigint');
     expect(vmPinUnderflowed(18446744073709551612n)).toBe(true); // -4 kB as the kernel prints it
