@@ -52,6 +52,8 @@ export interface E2eReport {
   /** The guest's longest gap between frames before any update: what its own console output costs it. */
   guest_gap_before_updates_ms: number | null;
   ratio_fallback_to_new_owner: number | null;
+  /** The same for the VMM's devices phase (reopen + re-pin vs NEW_OWNER + REMAP), the part the paths differ in. */
+  ratio_devices_phase?: number;
   seconds: number; problems: string[]; verdict: 'pass' | 'fail';
 }
 
@@ -190,6 +192,7 @@ export async function runE2e(o: Options): Promise<E2eReport> {
   mkdirSync(o.work, { recursive: true });
   const qmp = join(o.work, 'qmp.sock');
   const vmms = new Vmms(join(o.work, 'vmm.log'));
+  const vstatsAtStart: Record<string, Record<string, number>[]> = {};
   const devs = [realpathSync(o.net), realpathSync(o.blk)];
   const report: E2eReport = {
     device: devs.join('+'), mode: o.dma, memory: o.memory, kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(),
@@ -225,6 +228,12 @@ export async function runE2e(o: Options): Promise<E2eReport> {
     // 2. Real traffic: frames back and blocks verified, by the guest's own count.
     await vmms.waitOutput(0, (t) => { const s = stats(t); return (s.net?.received ?? 0) > 0 && (s.blk?.verified ?? 0) > 0; }, 'first traffic (frames received and blocks verified)');
     say(`traffic after ${((Date.now() - start) / 1000).toFixed(1)} s: ${JSON.stringify(stats(vmms.out))}`);
+    for (const [i, d] of devs.entries()) {
+      const name = vdpaName(d);
+      if (!name || infos[i].kind !== 'net') continue;
+      const q = [0, 1].map((qidx) => vstats(name, qidx));
+      if (q.every((x) => x.ok)) vstatsAtStart[name] = q.map((x) => (x as { counters: Record<string, number> }).counters);
+    }
     // Three more stats periods without an update: the guest's gaps when nothing happens.
     const quiet = vmms.out.length;
     await vmms.waitOutput(quiet, (t) => (t.match(/^net sent=.*\n/gm) ?? []).length >= 3, 'three stats lines');
@@ -256,7 +265,7 @@ export async function runE2e(o: Options): Promise<E2eReport> {
     }
 
     // 4. After the last update: the kernel's device state and the guest's counters.
-    const final = await finalChecks(o, vmms, devs, infos, fail);
+    const final = await finalChecks(o, vmms, devs, infos, fail, vstatsAtStart);
     report.vstats = final;
     const q = await cli(['qmp', '--socket', qmp, 'quit']);
     if (q.status !== 0) fail(`quit: ${(q.stderr || q.stdout).trim()}`);
@@ -279,7 +288,12 @@ export async function runE2e(o: Options): Promise<E2eReport> {
   const fb = median(done('fallback', 'forced-fallback')), no = median(done('new-owner'));
   if (fb !== null && no !== null) {
     report.ratio_fallback_to_new_owner = Math.round((fb / no) * 100) / 100;
-    say(`blackout, cpr-exec, ${o.memory}: fallback ${fb.toFixed(0)} ms / new-owner median ${no.toFixed(0)} ms = ${report.ratio_fallback_to_new_owner}`);
+    // The blackout under TCG is mostly the new image's start-up; the devices phase is where the paths differ.
+    const phase = (p: string, intent = 'update') => median(report.updates.filter((u) => u.mode === 'cpr-exec' && u.intent === intent && u.path === p && u.phases).map((u) => u.phases!.devices));
+    const pf = phase('fallback', 'forced-fallback'), pn = phase('new-owner');
+    if (pf !== null && pn) report.ratio_devices_phase = Math.round((pf / pn) * 100) / 100;
+    say(`cpr-exec, ${o.memory}, medians: blackout fallback ${fb.toFixed(0)} ms / new-owner ${no.toFixed(0)} ms = ${report.ratio_fallback_to_new_owner}; ` +
+      `devices phase fallback ${pf?.toFixed(0)} ms / new-owner ${pn?.toFixed(0)} ms = ${report.ratio_devices_phase ?? '?'}`);
   }
   if (problems.length && !problems.some((p) => p.includes('--- last lines'))) say(`last lines of the VMM's log:\n${vmms.tail()}`);
   report.seconds = Math.round((Date.now() - t0) / 100) / 10;
@@ -372,7 +386,7 @@ async function oneUpdate(n: number, mode: E2eUpdate['mode'], intent: E2eUpdate['
   // The guest runs again, by its own count: more frames received than before the update.
   const mark = vmms.out.length;
   try {
-    await vmms.waitOutput(mark, () => (stats(vmms.out).net?.received ?? 0) > (before.net?.received ?? 0) && /^blk written=.*\n/m.test(vmms.out.slice(mark)), 'traffic after the update');
+    await vmms.waitOutput(mark, (t) => (stats(t).net?.received ?? 0) > (before.net?.received ?? 0) && /^blk written=.*\n/m.test(t), 'traffic after the update');
   } catch (e) { u.problems.push((e as Error).message); }
   const after = pinCounters();
   u.pins_acquired = after.acquired - before.pins.acquired;
@@ -414,7 +428,8 @@ async function oneUpdate(n: number, mode: E2eUpdate['mode'], intent: E2eUpdate['
 }
 
 /** After the last update: the device state as the kernel shows it, and the VMM's fds. */
-async function finalChecks(o: Options, vmms: Vmms, devs: string[], infos: DeviceInfo[], fail: (s: string) => void): Promise<Record<string, unknown>> {
+async function finalChecks(o: Options, vmms: Vmms, devs: string[], infos: DeviceInfo[], fail: (s: string) => void,
+  vstatsAtStart: Record<string, Record<string, number>[]>): Promise<Record<string, unknown>> {
   const out: Record<string, unknown> = {};
   for (const [i, d] of devs.entries()) {
     const name = vdpaName(d);
@@ -423,10 +438,10 @@ async function finalChecks(o: Options, vmms: Vmms, devs: string[], infos: Device
     const bad = q.find((x) => !x.ok) as { error: string } | undefined;
     if (bad) { fail(`vdpa dev vstats show ${name}: ${bad.error} (EAGAIN means FEATURES_OK is not set)`); continue; }
     const first = q.map((x) => (x as { counters: Record<string, number> }).counters);
-    // Read again once the device must have moved frames since: the guest's count (which lags the
-    // device's by at most its TX window) has grown by more than that window past a line printed
-    // after the first read.
-    const window = Number(/^net ready .* window=(\d+)/m.exec(vmms.out)?.[1] ?? 64);
+    // Read again once the device must have moved frames since: the guest's count lags the
+    // device's by at most its RX buffers (delivered, not yet reaped), so once it has grown by more
+    // than those past a line printed after the first read, the device has delivered new frames.
+    const window = Number(/^net ready .* rx=(\d+)/m.exec(vmms.out)?.[1] ?? 256);
     const received = (t: string): number => [...t.matchAll(/^net sent=\d+ received=(\d+)/gm)].map((m) => Number(m[1])).pop() ?? -1;
     const mark = vmms.out.length;
     await vmms.waitOutput(mark, (t) => received(t) >= 0, 'a stats line after reading vstats');
@@ -435,6 +450,13 @@ async function finalChecks(o: Options, vmms: Vmms, devs: string[], infos: Device
     const second = [0, 1].map((qidx) => vstats(name, qidx)).map((x) => (x.ok ? x.counters : {}));
     const moved = first.map((c, k) => Object.keys(c).some((key) => (second[k][key] ?? 0) > c[key]));
     out[name] = { rx: { first: first[0], then: second[0] }, tx: { first: first[1], then: second[1] } };
+    // Errors and drops the device counted while minivmm drove it (from its first traffic on).
+    const base = vstatsAtStart[name];
+    if (base) {
+      const grew = [0, 1].flatMap((k) => Object.keys(second[k]).filter((key) => /error|drop|overrun/.test(key) && second[k][key] > (base[k][key] ?? 0))
+        .map((key) => `${key} ${base[k][key]} -> ${second[k][key]}`));
+      if (grew.length) fail(`vdpa dev vstats ${name}: the device counted errors while minivmm drove it: ${grew.join(', ')}`);
+    }
     if (!moved.every(Boolean)) fail(`vdpa dev vstats ${name}: queue counters did not move after the last update (rx ${JSON.stringify(first[0])} -> ${JSON.stringify(second[0])}, tx ${JSON.stringify(first[1])} -> ${JSON.stringify(second[1])}); vdpa_sim serves rings only with DRIVER_OK`);
     else process.stdout.write(`e2e ${o.dma}: ${name} (kernel vstats): rx ${JSON.stringify(second[0])}, tx ${JSON.stringify(second[1])}: rings moving, so FEATURES_OK and DRIVER_OK\n`);
   }
