@@ -32,14 +32,19 @@ export function vmPinKiB(pid: number): bigint | null {
 /** A VmPin this large is a negative pinned_vm printed unsigned: the kernel's accounting underflowed. */
 export const vmPinUnderflowed = (kib: bigint): boolean => kib >= 1n << 62n;
 
+/** Thrown when VmPin shows an underflowed count (a kernel bug, reported as such). */
+export class VmPinUnderflow extends Error {
+  constructor(pid: number, kib: bigint) {
+    super(`VmPin of process ${pid} reads ${kib} kB, i.e. ${kib - (1n << 64n)} kB: the kernel's pinned-page count went negative (a kernel accounting bug)`);
+  }
+}
+
 /** Pinned memory of `pid` in KiB, or null when the source cannot tell. */
 export function readPins(src: PinSource, pid: number): number | null {
   if (src.kind === 'proc') {
     const kib = vmPinKiB(pid);
     if (kib === null) return null;
-    if (vmPinUnderflowed(kib)) {
-      throw new Error(`VmPin of process ${pid} reads ${kib} kB, i.e. ${kib - (1n << 64n)} kB: the kernel's pinned-page count went negative (a kernel accounting bug)`);
-    }
+    if (vmPinUnderflowed(kib)) throw new VmPinUnderflow(pid, kib);
     return Number(kib);
   }
   if (src.kind === 'status') return statusFilePins(src.path, pid);
@@ -107,7 +112,8 @@ export class Agent {
     } catch (e) {
       // errno 95 and 11 have two names each; the spec (and the kernel headers' users) say EOPNOTSUPP, EAGAIN
       if (e instanceof libc.SyscallError) return { r: e.errno === 95 ? 'EOPNOTSUPP' : e.errno === 11 ? 'EAGAIN' : e.code, v: e.message };
-      return { r: 'EHARNESS', v: (e as Error).stack ?? String(e) };
+      // A kernel that broke its own accounting is a finding, not a harness bug: no stack for it.
+      return { r: 'EHARNESS', v: e instanceof VmPinUnderflow ? e.message : (e as Error).stack ?? String(e) };
     }
   }
 

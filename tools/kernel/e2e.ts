@@ -261,7 +261,11 @@ export async function runE2e(o: Options): Promise<E2eReport> {
       const pin = `VmPin ${u.vmpin_before} -> ${u.vmpin_after} kB (lowest ${u.vmpin_min}), pages pinned +${u.pins_acquired} unpinned +${u.pins_released}`;
       say(`update ${n} ${step.mode}${step.intent !== 'update' ? ` (${step.intent})` : ''}: ${u.rolled_back ? 'rolled back' : u.status === 'completed' ? `${u.path}, blackout ${u.downtime_ms?.toFixed(0)} ms` : u.status}${gap}; ${pin}; fds ${u.fds}`);
       for (const p of u.problems) fail(`update ${n} (${step.mode}${step.intent !== 'update' ? `, ${step.intent}` : ''}): ${p}`);
-      if (u.problems.length && !vmms.alive(vmms.current)) break;
+      // A VMM that died, or a guest whose traffic did not come back, makes the rest meaningless.
+      if (u.problems.length && (!vmms.alive(vmms.current) || u.problems.some((p) => p.startsWith('traffic after the update')))) {
+        fail(`update ${n}: the remaining ${plan.length - n} update(s) not run`);
+        break;
+      }
     }
 
     // 4. After the last update: the kernel's device state and the guest's counters.
