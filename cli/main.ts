@@ -16,8 +16,8 @@ const USAGE = `usage: minivmm <command> [options]
   demo     [--updates N] [--memory SIZE] [--vdpa SPEC]... [--mode cpr-exec|cpr-transfer] [--inject new-process-crash]
            [--accel kvm|emu|auto] [--json]   (npm start)
   conformance --device PATH [--json FILE]      (the vhost-vdpa conformance suite)
-  kernel-test [--kernel BZIMAGE | --source DIR] [--fragment FILE] [--json OUT] [--timeout SEC]
-              (the suite against a real kernel's vhost-vdpa + vdpa_sim, in QEMU)
+  kernel-test [--kernel BZIMAGE | --source DIR] [--dma va,pa] [--no-e2e | --e2e-only] [--install-deps] ...
+              (the suite and a live update against a real kernel's vhost-vdpa + vdpa_sim, in QEMU)
   vdpa-sim --dir DIR [--daemon] [--log FILE] --dev NAME:net|blk[,va|pa][,no-new-owner][,backing=FILE]...
            (the embedded vhost-vdpa device on its own: DIR/vhost-vdpa-N)
   vdpa-sim stop --dir DIR

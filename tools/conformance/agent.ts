@@ -18,11 +18,34 @@ export const dec = (s: string): any => JSON.parse(s, (_k, x) =>
 /** Where pinned pages are read: /proc/PID/status VmPin, or the embedded daemon's status file. */
 export type PinSource = { kind: 'proc' } | { kind: 'status'; path: string } | { kind: 'none' };
 
+/**
+ * VmPin of `pid` in KiB, exactly (the kernel prints an unsigned long: a count that went negative
+ * reads as ~2^64), or null when the process has none (gone, or a kernel thread).
+ */
+export function vmPinKiB(pid: number): bigint | null {
+  let text: string;
+  try { text = readFileSync(`/proc/${pid}/status`, 'utf8'); } catch { return null; }
+  const m = /^VmPin:\s+(\d+) kB/m.exec(text);
+  return m ? BigInt(m[1]) : null;
+}
+
+/** A VmPin this large is a negative pinned_vm printed unsigned: the kernel's accounting underflowed. */
+export const vmPinUnderflowed = (kib: bigint): boolean => kib >= 1n << 62n;
+
+/** Thrown when VmPin shows an underflowed count (a kernel bug, reported as such). */
+export class VmPinUnderflow extends Error {
+  constructor(pid: number, kib: bigint) {
+    super(`VmPin of process ${pid} reads ${kib} kB, i.e. ${kib - (1n << 64n)} kB: the kernel's pinned-page count went negative (a kernel accounting bug)`);
+  }
+}
+
 /** Pinned memory of `pid` in KiB, or null when the source cannot tell. */
 export function readPins(src: PinSource, pid: number): number | null {
   if (src.kind === 'proc') {
-    const m = /^VmPin:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) : null;
+    const kib = vmPinKiB(pid);
+    if (kib === null) return null;
+    if (vmPinUnderflowed(kib)) throw new VmPinUnderflow(pid, kib);
+    return Number(kib);
   }
   if (src.kind === 'status') return statusFilePins(src.path, pid);
   return null;
@@ -89,7 +112,8 @@ export class Agent {
     } catch (e) {
       // e.code is the kernel's spelling where two names share a number (EOPNOTSUPP, EAGAIN): src/libc.ts errnoName
       if (e instanceof libc.SyscallError) return { r: e.code, v: e.message };
-      return { r: 'EHARNESS', v: (e as Error).stack ?? String(e) };
+      // A kernel that broke its own accounting is a finding, not a harness bug: no stack for it.
+      return { r: 'EHARNESS', v: e instanceof VmPinUnderflow ? e.message : (e as Error).stack ?? String(e) };
     }
   }
 

@@ -1,8 +1,11 @@
 #!/bin/sh
 # minivmm kernel-test guest init (PID 1), run by the kernel as init= from the host's root, which is
 # mounted read-only over 9p. It mounts the pseudo file systems, mounts the run's writable results
-# share, reads guest.env from it (written by tools/kernel/main.ts), creates the vdpa_sim devices,
-# runs the conformance suite on each /dev/vhost-vdpa-N, and powers the machine off.
+# share, reads guest.env from it (written by tools/kernel/main.ts), mounts the repo's own share at
+# its host path (the build copy the suite runs from, in the results share, links its node_modules
+# there), creates the vdpa_sim devices, runs the conformance suite on each
+# /dev/vhost-vdpa-N, then the end-to-end stage (minivmm on nested KVM, live-updated, on both
+# devices; tools/kernel/e2e.ts), and powers the machine off. MINIVMM_STAGES picks the stages.
 #
 # Lines starting with "@@minivmm " are markers read by the host side; everything else the suite
 # prints is passed through. Never exit: PID 1 exiting is a kernel panic.
@@ -41,7 +44,18 @@ if [ ! -r /run/results/guest.env ]; then
 fi
 . /run/results/guest.env
 hostname vdpaguest 2>/dev/null
+# The repo on its own share, at its host path: the tmpfs mounts above may hide it (a clone in /tmp).
+mkdir -p "$MINIVMM_REPO" 2>/dev/null
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro repo "$MINIVMM_REPO"; then
+	say "error cannot mount the repo share at $MINIVMM_REPO"
+	off
+fi
 say "booted $(uname -r) uptime $(cut -d' ' -f1 /proc/uptime)"
+if [ -c /dev/kvm ]; then
+	say "kvm /dev/kvm present; kvm_amd nested=$(cat /sys/module/kvm_amd/parameters/nested 2>/dev/null) npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)"
+else
+	say "kvm no /dev/kvm ($(grep -c -w svm /proc/cpuinfo) CPUs with svm)"
+fi
 
 # Devices: "mgmtdev:name" pairs, e.g. "vdpasim_net:vdpa0 vdpasim_blk:vdpa1".
 say "mgmtdevs $(vdpa mgmtdev show 2>&1 | tr '\n' ' ')"
@@ -62,19 +76,45 @@ for pair in $MINIVMM_DEVICES; do
 done
 say "nodes $(ls /dev/vhost-vdpa-* 2>/dev/null | tr '\n' ' ')"
 
-for pair in $MINIVMM_DEVICES; do
-	mgmt=${pair%%:*}
-	name=${pair#*:}
-	node=$(ls -d /sys/bus/vdpa/devices/"$name"/vhost-vdpa-* 2>/dev/null | head -n1)
-	node=${node##*/}
-	[ -n "$node" ] && [ -c "/dev/$node" ] || continue
-	say "run $name /dev/$node $(cut -d' ' -f1 /proc/uptime)"
-	cd /tmp
-	# shellcheck disable=SC2086
-	"$MINIVMM_NODE" "$MINIVMM_REPO/dist/tools/conformance/main.js" --device "/dev/$node" \
-		--json "/run/results/$name.json" $MINIVMM_SUITE_ARGS 2>&1
-	say "exit $name $? $(cut -d' ' -f1 /proc/uptime)"
-done
+nodeof() {
+	n=$(ls -d /sys/bus/vdpa/devices/"$1"/vhost-vdpa-* 2>/dev/null | head -n1)
+	n=${n##*/}
+	[ -n "$n" ] && [ -c "/dev/$n" ] && echo "/dev/$n"
+}
+
+case " $MINIVMM_STAGES " in *" conformance "*)
+	for pair in $MINIVMM_DEVICES; do
+		name=${pair#*:}
+		node=$(nodeof "$name") || continue
+		say "run $name $node $(cut -d' ' -f1 /proc/uptime)"
+		cd /tmp
+		# shellcheck disable=SC2086
+		"$MINIVMM_NODE" "$MINIVMM_BUILD/dist/tools/conformance/main.js" --device "$node" \
+			--json "/run/results/$name.json" $MINIVMM_SUITE_ARGS 2>&1
+		say "exit $name $? $(cut -d' ' -f1 /proc/uptime)"
+	done
+esac
+
+case " $MINIVMM_STAGES " in *" e2e "*)
+	net='' blk=''
+	for pair in $MINIVMM_DEVICES; do
+		case ${pair%%:*} in
+		vdpasim_net) net=$(nodeof "${pair#*:}") ;;
+		vdpasim_blk) blk=$(nodeof "${pair#*:}") ;;
+		esac
+	done
+	if [ -z "$net" ] || [ -z "$blk" ]; then
+		say "e2e-skip netblk needs a vdpa_sim net and a blk device (net '$net', blk '$blk')"
+	else
+		say "e2e-run $net $blk $(cut -d' ' -f1 /proc/uptime)"
+		cd /tmp
+		"$MINIVMM_NODE" "$MINIVMM_BUILD/dist/tools/kernel/e2e.js" --net "$net" --blk "$blk" --dma "$MINIVMM_DMA" \
+			--json /run/results/e2e.json --work /tmp/minivmm-e2e 2>&1
+		status=$?
+		cp /tmp/minivmm-e2e/vmm.log /run/results/e2e-vmm.log 2>/dev/null
+		say "e2e-exit $status $(cut -d' ' -f1 /proc/uptime)"
+	fi
+esac
 
 sync
 say "end $(cut -d' ' -f1 /proc/uptime)"

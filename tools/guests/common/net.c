@@ -60,6 +60,7 @@ static u64 target;			/* frames to receive, 0 = forever */
 static u64 next_seq, expected;		/* next to send, next to come back */
 static u64 sent, received, lost, duplicated, corrupt;
 static u64 last_rx_tsc, max_gap;
+static u64 window_gap;			/* longest gap since the last stats line */
 
 static u64 fold(u64 s, u64 w)
 {
@@ -127,6 +128,8 @@ static int net_rx(void)
 		n++;
 		if (last_rx_tsc && now - last_rx_tsc > max_gap)
 			max_gap = now - last_rx_tsc;
+		if (last_rx_tsc && now - last_rx_tsc > window_gap)
+			window_gap = now - last_rx_tsc;
 		last_rx_tsc = now;
 		if (!(rx_owned & 1ULL << id)) {
 			duplicated++;	/* the device used a buffer twice; it still has it */
@@ -253,8 +256,9 @@ void net_init(const struct bootinfo *bi)
 
 void net_print(void)
 {
-	printk("net sent=%lu received=%lu lost=%lu duplicated=%lu corrupt=%lu max_gap_us=%lu irqs=%lu\n",
-	       sent, received, lost, duplicated, corrupt, tsc_to_us(max_gap), dev.irqs);
+	printk("net sent=%lu received=%lu lost=%lu duplicated=%lu corrupt=%lu max_gap_us=%lu irqs=%lu gap_us=%lu\n",
+	       sent, received, lost, duplicated, corrupt, tsc_to_us(max_gap), dev.irqs, tsc_to_us(window_gap));
+	window_gap = 0;
 }
 
 int net_done(void)
