@@ -68,6 +68,3 @@ export function memlockPages(pid: number): number {
     return Number(soft >> 12n);
   } catch { return 0; /* the process is gone: it may lock nothing */ }
 }
-
-/** Whether the process still exists and still runs the address space `o` names. */
-export const isCurrentImage = (o: OwnerId): boolean => fingerprintOf(o.pid) === o.fingerprint;

@@ -16,18 +16,11 @@ function sysNoThrow(funcName: string, paramsType: ffi.DataType[], paramsValue: u
   return r.value === -1 ? -r.errnoCode : r.value;
 }
 
-export const EPOLLIN = 0x1, EPOLL_CTL_ADD = 1, EPOLL_CTL_DEL = 2, EPOLL_CLOEXEC = 0o2000000;
+export const EPOLLIN = 0x1, EPOLLET = 1 << 31, EPOLL_CTL_ADD = 1, EPOLL_CTL_DEL = 2, EPOLL_CLOEXEC = 0o2000000;
 export const EAGAIN = 11, EINTR = 4, ENOENT = 2, ENODEV = 19;
 
 export const epollCreate = (): number => sys('epoll_create1', 'epoll_create1', [T.I32], [EPOLL_CLOEXEC], T.I32);
 
-/** Register `fd` for EPOLLIN with a 32-bit token returned by epollWait. */
-export function epollAdd(epfd: number, fd: number, token: number): void {
-  const ev = Buffer.alloc(12); // struct epoll_event is packed on x86-64: u32 events, u64 data
-  ev.writeUInt32LE(EPOLLIN, 0);
-  ev.writeBigUInt64LE(BigInt(token >>> 0), 4);
-  sys('epoll_ctl(ADD)', 'epoll_ctl', [T.I32, T.I32, T.I32, T.U8Array], [epfd, EPOLL_CTL_ADD, fd, ev], T.I32);
-}
 export function epollDel(epfd: number, fd: number): void {
   const ev = Buffer.alloc(12);
   sysNoThrow('epoll_ctl', [T.I32, T.I32, T.I32, T.U8Array], [epfd, EPOLL_CTL_DEL, fd, ev], T.I32);

@@ -4,12 +4,11 @@
 // one at a time, as the kernel's device lock would serialise them.
 import { parentPort, workerData } from 'node:worker_threads';
 import { constants } from 'node:os';
-import { epollCreate, epollDel, epollWait } from './sys.js';
+import { epollCreate, epollDel, epollWait, epollAddFlags, EPOLLIN, EPOLLET } from './sys.js';
 import { FuseServer, ROOT, type FuseFile, type FuseFs, type IoctlIn } from './fuse.js';
 import { Errno, VdpaDevice, FAULT_OPS, type DeviceHost, type FaultOp, type Fault } from './device.js';
 import { PinLedger } from './iotlb.js';
 import { DeviceTable } from './manage.js';
-import { epollAddFlags } from './sys.js';
 import { errnoName } from '../../src/libc.js';
 import type { DeviceSpec } from './spec.js';
 
@@ -19,7 +18,6 @@ const cfg = workerData as WorkerConfig;
 
 const log = (msg: string) => parentPort!.postMessage({ log: msg });
 const TOKEN_FUSE = 1, TOKEN_STOP = 2, TOKEN_KICK = 1000;
-const EPOLLIN = 1, EPOLLET = 1 << 31;
 
 const epfd = epollCreate();
 epollAddFlags(epfd, cfg.fuseFd, TOKEN_FUSE, EPOLLIN);
