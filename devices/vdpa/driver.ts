@@ -4,8 +4,12 @@
 import { close, eventfd, EFD_CLOEXEC, EFD_NONBLOCK, read as sysRead, write as sysWrite, SyscallError } from '../../src/libc.js';
 import { GuestMemory } from '../../src/memory.js';
 import { BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_F, VIRTIO_STATUS, vhost } from '../../src/vhost.js';
+import { VRING_AVAIL, VRING_DESC, VRING_DESC_F, VRING_USED, VRING_USED_ALIGN_SIZE, VRING_USED_ELEM } from './virtqueue.js';
 
-const F_NEXT = 1, F_WRITE = 2;
+// Ring sizes for `num` entries: avail (flags, idx, ring, used_event), used (flags, idx, ring, avail_event).
+const availBytes = (num: number) => VRING_AVAIL.ring + 2 * num + 2;
+const usedBytes = (num: number) => VRING_USED.ring + VRING_USED_ELEM.sizeof * num + 2;
+const usedAlign = (at: number) => (at + VRING_USED_ALIGN_SIZE - 1) & ~(VRING_USED_ALIGN_SIZE - 1);
 
 /** The driver's memory: guest RAM (one memfd region, at most 3 GiB) entered at iova = iovaBase + offset. */
 export class DriverMemory {
@@ -33,11 +37,11 @@ export class DriverRing {
   private free: number[];
   private chainLen = new Map<number, number[]>();
   constructor(readonly mem: DriverMemory, readonly off: number, readonly num: number) {
-    this.desc = off; this.avail = off + 16 * num; this.used = (this.avail + 6 + 2 * num + 3) & ~3;
-    this.mem.buf.fill(0, off, this.used + 6 + 8 * num);
+    this.desc = off; this.avail = off + VRING_DESC.sizeof * num; this.used = usedAlign(this.avail + availBytes(num));
+    this.mem.buf.fill(0, off, this.used + usedBytes(num));
     this.free = Array.from({ length: num }, (_, i) => num - 1 - i);
   }
-  static bytes(num: number): number { return ((16 * num + 6 + 2 * num + 3) & ~3) + 6 + 8 * num; }
+  static bytes(num: number): number { return usedAlign(VRING_DESC.sizeof * num + availBytes(num)) + usedBytes(num); }
   get freeCount(): number { return this.free.length; }
   /** Put a chain in the descriptor table and the avail ring (not yet published). */
   add(bufs: BufSpec[]): number {
@@ -45,26 +49,26 @@ export class DriverRing {
     const ids = bufs.map(() => this.free.pop()!);
     const b = this.mem.buf;
     bufs.forEach((s, i) => {
-      const o = this.desc + 16 * ids[i];
-      b.writeBigUInt64LE(BigInt(this.mem.iova(s.off)), o);
-      b.writeUInt32LE(s.len, o + 8);
-      b.writeUInt16LE((s.write ? F_WRITE : 0) | (i + 1 < bufs.length ? F_NEXT : 0), o + 12);
-      b.writeUInt16LE(i + 1 < bufs.length ? ids[i + 1] : 0, o + 14);
+      const D = VRING_DESC, o = this.desc + D.sizeof * ids[i];
+      b.writeBigUInt64LE(BigInt(this.mem.iova(s.off)), o + D.addr);
+      b.writeUInt32LE(s.len, o + D.len);
+      b.writeUInt16LE((s.write ? VRING_DESC_F.WRITE : 0) | (i + 1 < bufs.length ? VRING_DESC_F.NEXT : 0), o + D.flags);
+      b.writeUInt16LE(i + 1 < bufs.length ? ids[i + 1] : 0, o + D.next);
     });
-    b.writeUInt16LE(ids[0], this.avail + 4 + 2 * (this.availIdx % this.num));
+    b.writeUInt16LE(ids[0], this.avail + VRING_AVAIL.ring + 2 * (this.availIdx % this.num));
     this.availIdx = (this.availIdx + 1) & 0xffff;
     this.chainLen.set(ids[0], ids);
     return ids[0];
   }
-  publish(): void { this.mem.buf.writeUInt16LE(this.availIdx, this.avail + 2); }
-  usedIdx(): number { return this.mem.buf.readUInt16LE(this.used + 2); }
+  publish(): void { this.mem.buf.writeUInt16LE(this.availIdx, this.avail + VRING_AVAIL.idx); }
+  usedIdx(): number { return this.mem.buf.readUInt16LE(this.used + VRING_USED.idx); }
   /** Used elements since last time; their descriptors become free again. */
   collect(): { head: number; len: number }[] {
     const out: { head: number; len: number }[] = [];
     const idx = this.usedIdx();
     while (this.lastUsed !== idx) {
-      const o = this.used + 4 + 8 * (this.lastUsed % this.num);
-      const head = this.mem.buf.readUInt32LE(o), len = this.mem.buf.readUInt32LE(o + 4);
+      const E = VRING_USED_ELEM, o = this.used + VRING_USED.ring + E.sizeof * (this.lastUsed % this.num);
+      const head = this.mem.buf.readUInt32LE(o + E.id), len = this.mem.buf.readUInt32LE(o + E.len);
       out.push({ head, len });
       for (const id of this.chainLen.get(head) ?? []) this.free.push(id);
       this.chainLen.delete(head);
@@ -126,7 +130,7 @@ export function bringUp(fd: number, mem: DriverMemory, nq: number, opts: { num?:
     vhost.setVringEnable(fd, i, true);
     qs.push({ ring, kick: k, call: c });
   }
-  vhost.setStatus(fd, 0x0f);
+  vhost.setStatus(fd, VIRTIO_STATUS.ACKNOWLEDGE | VIRTIO_STATUS.DRIVER | VIRTIO_STATUS.FEATURES_OK | VIRTIO_STATUS.DRIVER_OK);
   return qs;
 }
 export const ringArea = (nq: number, num = 256): number => nq * ((DriverRing.bytes(num) + 4095) & ~4095);
