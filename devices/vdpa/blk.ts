@@ -6,36 +6,55 @@ import { openSync, closeSync, fstatSync, ftruncateSync, readSync, writeSync } fr
 import { SimDevice, type SimProfile } from './sim.js';
 import { popAvail, pushUsed, unpop, wantsInterrupt, type Chain } from './virtqueue.js';
 import { clip } from './net.js';
+import { VIRTIO_F, VIRTIO_ID } from '../../src/vhost.js';
 import type { Dma, Seg } from './dma.js';
 
+// virtio-blk as linux/virtio_blk.h defines it; tools/layout-check.mjs checks every entry.
+/** Request types VIRTIO_BLK_T_<name> and statuses VIRTIO_BLK_S_<name>. */
+export const VIRTIO_BLK_T = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8, DISCARD: 11, WRITE_ZEROES: 13 } as const;
+export const VIRTIO_BLK_S = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
+/** Feature bits (masks): VIRTIO_BLK_F_<name>. */
+export const VIRTIO_BLK_F = {
+  SIZE_MAX: 1n << 1n, SEG_MAX: 1n << 2n, BLK_SIZE: 1n << 6n, FLUSH: 1n << 9n, TOPOLOGY: 1n << 10n, MQ: 1n << 12n,
+  DISCARD: 1n << 13n, WRITE_ZEROES: 1n << 14n,
+} as const;
+export const VIRTIO_BLK_ID_BYTES = 20;
+export const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
+/** The request header (struct virtio_blk_outhdr); data and a 1-byte status follow it. */
+export const VIRTIO_BLK_OUTHDR = { type: 0, ioprio: 4, sector: 8, sizeof: 16 } as const;
+/** The one segment a DISCARD or WRITE_ZEROES carries. */
+export const VIRTIO_BLK_DISCARD_WRITE_ZEROES = { sector: 0, num_sectors: 8, flags: 12, sizeof: 16 } as const;
+/** struct virtio_blk_config as in 6.12: 96 bytes, through the zoned fields (left 0). */
+export const VIRTIO_BLK_CONFIG = {
+  capacity: 0, size_max: 8, seg_max: 12, blk_size: 20, physical_block_exp: 24, alignment_offset: 25, min_io_size: 26,
+  opt_io_size: 28, num_queues: 34, max_discard_sectors: 36, max_discard_seg: 40, discard_sector_alignment: 44,
+  max_write_zeroes_sectors: 48, max_write_zeroes_seg: 52, write_zeroes_may_unmap: 56, sizeof: 96,
+} as const;
+
+const T = VIRTIO_BLK_T, S = VIRTIO_BLK_S;
 const SECTOR = 512, CHUNK = 64 * 1024, BATCH = 64;
-const T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8, T_DISCARD = 11, T_WRITE_ZEROES = 13;
-const S_OK = 0, S_IOERR = 1, S_UNSUPP = 2;
-const ID_BYTES = 20, ID = Buffer.alloc(ID_BYTES); // vdpasim_blk_id, zero-padded to VIRTIO_BLK_ID_BYTES
+const ID = Buffer.alloc(VIRTIO_BLK_ID_BYTES); // vdpasim_blk_id, zero-padded
 ID.write('vdpa_blk_sim');
 const DWZ_MAX_SECTORS = 0xffffffff; // VDPASIM_BLK_DWZ_MAX_SECTORS (UINT_MAX)
 const RW_MAX_SECTORS = 4096 * 32; // the kernel caps IN/OUT at size_max * seg_max, counted in sectors
-const WRITE_ZEROES_FLAG_UNMAP = 1;
 
 export function blkProfile(capacityBytes: number): SimProfile {
-  // struct virtio_blk_config as in 6.12: 96 bytes, through the zoned fields (left 0).
-  const config = Buffer.alloc(96);
-  config.writeBigUInt64LE(BigInt(capacityBytes / SECTOR), 0); // capacity (sectors)
-  config.writeUInt32LE(4096, 8); // size_max
-  config.writeUInt32LE(32, 12); // seg_max
-  config.writeUInt32LE(SECTOR, 20); // blk_size
-  config.writeUInt16LE(1, 26); // topology: min_io_size (physical_block_exp, alignment_offset 0)
-  config.writeUInt32LE(1, 28); // topology: opt_io_size
-  config.writeUInt16LE(1, 34); // num_queues
-  config.writeUInt32LE(DWZ_MAX_SECTORS, 36); // max_discard_sectors
-  config.writeUInt32LE(1, 40); // max_discard_seg
-  config.writeUInt32LE(SECTOR, 44); // discard_sector_alignment (the kernel's value, 512)
-  config.writeUInt32LE(DWZ_MAX_SECTORS, 48); // max_write_zeroes_sectors
-  config.writeUInt32LE(1, 52); // max_write_zeroes_seg; write_zeroes_may_unmap (56) stays 0
-  // SIZE_MAX 1, SEG_MAX 2, BLK_SIZE 6, FLUSH 9, TOPOLOGY 10, MQ 12, DISCARD 13, WRITE_ZEROES 14,
-  // ANY_LAYOUT 27, VERSION_1 32, ACCESS_PLATFORM 33: 0x308007646, as vdpasim_blk offers.
-  const features = [1n, 2n, 6n, 9n, 10n, 12n, 13n, 14n, 27n, 32n, 33n].reduce((f, b) => f | (1n << b), 0n);
-  return { deviceId: 2, features, vringMax: 256, nvqs: 1, nas: 1, ngroups: 1, vqGroup: () => 0, config };
+  const C = VIRTIO_BLK_CONFIG, config = Buffer.alloc(C.sizeof);
+  config.writeBigUInt64LE(BigInt(capacityBytes / SECTOR), C.capacity); // in sectors
+  config.writeUInt32LE(4096, C.size_max);
+  config.writeUInt32LE(32, C.seg_max);
+  config.writeUInt32LE(SECTOR, C.blk_size);
+  config.writeUInt16LE(1, C.min_io_size); // topology (physical_block_exp, alignment_offset 0)
+  config.writeUInt32LE(1, C.opt_io_size);
+  config.writeUInt16LE(1, C.num_queues);
+  config.writeUInt32LE(DWZ_MAX_SECTORS, C.max_discard_sectors);
+  config.writeUInt32LE(1, C.max_discard_seg);
+  config.writeUInt32LE(SECTOR, C.discard_sector_alignment); // the kernel's value, 512
+  config.writeUInt32LE(DWZ_MAX_SECTORS, C.max_write_zeroes_sectors);
+  config.writeUInt32LE(1, C.max_write_zeroes_seg); // write_zeroes_may_unmap stays 0
+  const F = VIRTIO_BLK_F, features = F.SIZE_MAX | F.SEG_MAX | F.BLK_SIZE | F.FLUSH | F.TOPOLOGY | F.MQ | F.DISCARD |
+    F.WRITE_ZEROES | VIRTIO_F.ANY_LAYOUT | VIRTIO_F.VERSION_1 | VIRTIO_F.ACCESS_PLATFORM; // 0x308007646, as vdpasim_blk offers
+  return { deviceId: VIRTIO_ID.BLOCK, features, vringMax: 256, nvqs: 1, nas: 1, ngroups: 1, vqGroup: () => 0, config };
 }
 
 export class BlkDevice extends SimDevice {
@@ -77,47 +96,47 @@ export class BlkDevice extends SimDevice {
   private request(dma: Dma, c: Chain): { len: number; handled: boolean } {
     const last = c.in[c.in.length - 1];
     if (!c.out.length || !last || last.len < 1) return { len: 0, handled: false };
-    const hdr = dma.gather(clip(c.out, 16));
-    if (!hdr || hdr.length !== 16) return { len: 0, handled: false };
-    const type = hdr.readUInt32LE(0), sector = Number(hdr.readBigUInt64LE(8));
-    const toPush = c.inLen - 1, toPull = c.outLen - 16;
-    const dataIn = clip(c.in, toPush), dataOut = dropFirst(c.out, 16);
-    let status = S_OK, pushed = 0;
+    const H = VIRTIO_BLK_OUTHDR, hdr = dma.gather(clip(c.out, H.sizeof));
+    if (!hdr || hdr.length !== H.sizeof) return { len: 0, handled: false };
+    const type = hdr.readUInt32LE(H.type), sector = Number(hdr.readBigUInt64LE(H.sector));
+    const toPush = c.inLen - 1, toPull = c.outLen - H.sizeof;
+    const dataIn = clip(c.in, toPush), dataOut = dropFirst(c.out, H.sizeof);
+    let status: number = S.OK, pushed = 0;
     // vdpa_sim_blk fails every request but IN and OUT whose header sector isn't 0.
-    if (type !== T_IN && type !== T_OUT && sector !== 0) status = S_IOERR;
+    if (type !== T.IN && type !== T.OUT && sector !== 0) status = S.IOERR;
     else switch (type) {
-      case T_IN: {
-        if (!this.rwInRange(sector, toPush)) { status = S_IOERR; break; }
-        if (dma.scatter(dataIn, this.disk.read(sector * SECTOR, toPush))) { pushed = toPush; this.counters.blocksRead += Math.ceil(toPush / SECTOR); } else status = S_IOERR;
+      case T.IN: {
+        if (!this.rwInRange(sector, toPush)) { status = S.IOERR; break; }
+        if (dma.scatter(dataIn, this.disk.read(sector * SECTOR, toPush))) { pushed = toPush; this.counters.blocksRead += Math.ceil(toPush / SECTOR); } else status = S.IOERR;
         break;
       }
-      case T_OUT: {
-        if (!this.rwInRange(sector, toPull)) { status = S_IOERR; break; }
+      case T.OUT: {
+        if (!this.rwInRange(sector, toPull)) { status = S.IOERR; break; }
         const data = dma.gather(dataOut);
-        if (data) { this.disk.write(sector * SECTOR, data); this.counters.blocksWritten += Math.ceil(toPull / SECTOR); } else status = S_IOERR;
+        if (data) { this.disk.write(sector * SECTOR, data); this.counters.blocksWritten += Math.ceil(toPull / SECTOR); } else status = S.IOERR;
         break;
       }
-      case T_FLUSH: break; // RAM: nothing to flush
-      case T_GET_ID: {
-        const n = Math.min(ID_BYTES, c.inLen);
-        if (dma.scatter(c.in, ID.subarray(0, n))) pushed = n; else status = S_IOERR;
+      case T.FLUSH: break; // RAM: nothing to flush
+      case T.GET_ID: {
+        const n = Math.min(VIRTIO_BLK_ID_BYTES, c.inLen);
+        if (dma.scatter(c.in, ID.subarray(0, n))) pushed = n; else status = S.IOERR;
         break;
       }
-      case T_DISCARD: case T_WRITE_ZEROES: {
+      case T.DISCARD: case T.WRITE_ZEROES: {
         // Exactly one struct virtio_blk_discard_write_zeroes {le64 sector, le32 num_sectors,
         // le32 flags} (max_*_seg is 1); anything else is IOERR.
-        const seg = toPull === 16 ? dma.gather(dataOut) : null;
-        if (!seg) { status = S_IOERR; break; }
-        const start = Number(seg.readBigUInt64LE(0)), n = seg.readUInt32LE(8), flags = seg.readUInt32LE(12);
+        const D = VIRTIO_BLK_DISCARD_WRITE_ZEROES, seg = toPull === D.sizeof ? dma.gather(dataOut) : null;
+        if (!seg) { status = S.IOERR; break; }
+        const start = Number(seg.readBigUInt64LE(D.sector)), n = seg.readUInt32LE(D.num_sectors), flags = seg.readUInt32LE(D.flags);
         // Flags the type doesn't define are UNSUPP (checked before the range, as the kernel does).
-        const allowed = type === T_WRITE_ZEROES ? WRITE_ZEROES_FLAG_UNMAP : 0;
-        if (flags & ~allowed) { status = S_UNSUPP; break; }
-        if (!this.inRange(start, n, DWZ_MAX_SECTORS)) { status = S_IOERR; break; }
+        const allowed = type === T.WRITE_ZEROES ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0;
+        if (flags & ~allowed) { status = S.UNSUPP; break; }
+        if (!this.inRange(start, n, DWZ_MAX_SECTORS)) { status = S.IOERR; break; }
         // DISCARD keeps the data (the kernel's does too); WRITE_ZEROES, with or without UNMAP, zeroes.
-        if (type === T_WRITE_ZEROES) this.disk.zero(start * SECTOR, n * SECTOR);
+        if (type === T.WRITE_ZEROES) this.disk.zero(start * SECTOR, n * SECTOR);
         break;
       }
-      default: status = S_IOERR; // vdpa_sim_blk answers unknown types IOERR, not UNSUPP
+      default: status = S.IOERR; // vdpa_sim_blk answers unknown types IOERR, not UNSUPP
     }
     // The status goes in the last byte, after the unused rest of the data buffers; a GET_ID that
     // filled them all (and the status byte) leaves no room (the kernel's size_t difference wraps).

@@ -15,26 +15,41 @@
 //   the device stops until the next kick (the following TX chains stay queued);
 // - a TX chain with a device-writable descriptor stops the device with the chain consumed and
 //   never completed, as vringh's "Unexpected writable desc" does.
-import { VIRTIO_F } from '../../src/vhost.js';
+import { VIRTIO_F, VIRTIO_ID } from '../../src/vhost.js';
 import { SimDevice, type SimProfile } from './sim.js';
 import { popAvail, pushUsed, unpop, wantsInterrupt, type Chain } from './virtqueue.js';
 import type { Dma } from './dma.js';
 
+// virtio-net as linux/virtio_net.h defines it; tools/layout-check.mjs checks every entry.
+/** Feature bits (masks): VIRTIO_NET_F_<name>. */
+export const VIRTIO_NET_F = { MTU: 1n << 3n, MAC: 1n << 5n, STATUS: 1n << 16n, CTRL_VQ: 1n << 17n, CTRL_MAC_ADDR: 1n << 23n } as const;
+/** struct virtio_net_config: the fields vdpa_sim_net fills. */
+export const VIRTIO_NET_CONFIG = { mac: 0, status: 6, max_virtqueue_pairs: 8, mtu: 10, sizeof: 24 } as const;
+export const VIRTIO_NET_S_LINK_UP = 1;
+/** The header in front of every frame: struct virtio_net_hdr, or virtio_net_hdr_v1 with VERSION_1. */
+export const VIRTIO_NET_HDR = { sizeof: 10 } as const, VIRTIO_NET_HDR_V1 = { sizeof: 12 } as const;
+export const netHdrSize = (features: bigint): number => ((features & VIRTIO_F.VERSION_1) ? VIRTIO_NET_HDR_V1 : VIRTIO_NET_HDR).sizeof;
+/** Control queue: struct virtio_net_ctrl_hdr, the classes and commands (VIRTIO_NET_CTRL_<name>), the ack (VIRTIO_NET_<name>). */
+export const VIRTIO_NET_CTRL_HDR = { class: 0, cmd: 1, sizeof: 2 } as const;
+export const VIRTIO_NET_CTRL = { MAC: 1, MAC_ADDR_SET: 1 } as const;
+export const VIRTIO_NET_ACK = { OK: 0, ERR: 1 } as const;
+export const ETH_ALEN = 6;
+
 const RX = 0, TX = 1, CVQ = 2;
-const VIRTIO_NET_F_CTRL_VQ = 1n << 17n;
-const VIRTIO_NET_CTRL_MAC = 1, VIRTIO_NET_CTRL_MAC_ADDR_SET = 1, VIRTIO_NET_OK = 0, VIRTIO_NET_ERR = 1;
-const BATCH = 256, FRAME_MAX = 4096, ETH_ALEN = 6;
+const BATCH = 256, FRAME_MAX = 4096;
 
 export function netProfile(mac?: string): SimProfile {
   // The MAC stays 00:00:00:00:00:00 unless given, as vdpasim_net without a `mac` attribute at
   // `vdpa dev add`. The guests send to the config MAC, the suite broadcasts: both pass the filter.
-  const config = Buffer.alloc(24);
-  if (mac) Buffer.from(mac.replace(/:/g, ''), 'hex').copy(config, 0);
-  config.writeUInt16LE(1, 6); // status: VIRTIO_NET_S_LINK_UP
-  config.writeUInt16LE(1, 8); // max_virtqueue_pairs
-  config.writeUInt16LE(1500, 10); // mtu
+  const C = VIRTIO_NET_CONFIG, config = Buffer.alloc(C.sizeof);
+  if (mac) Buffer.from(mac.replace(/:/g, ''), 'hex').copy(config, C.mac);
+  config.writeUInt16LE(VIRTIO_NET_S_LINK_UP, C.status);
+  config.writeUInt16LE(1, C.max_virtqueue_pairs);
+  config.writeUInt16LE(1500, C.mtu);
+  const F = VIRTIO_NET_F, features = F.MTU | F.MAC | F.STATUS | F.CTRL_VQ | F.CTRL_MAC_ADDR |
+    VIRTIO_F.ANY_LAYOUT | VIRTIO_F.VERSION_1 | VIRTIO_F.ACCESS_PLATFORM; // 0x308830028
   return {
-    deviceId: 1, features: 0x308830028n, vringMax: 256, nvqs: 3, nas: 2, ngroups: 2,
+    deviceId: VIRTIO_ID.NET, features, vringMax: 256, nvqs: 3, nas: 2, ngroups: 2,
     vqGroup: (vq) => (vq === CVQ ? 1 : 0), config,
   };
 }
@@ -43,7 +58,7 @@ export class NetDevice extends SimDevice {
   constructor(mac?: string) { super(netProfile(mac)); }
 
   protected work(): boolean {
-    if (this.has(VIRTIO_NET_F_CTRL_VQ) && this.vqs[CVQ].ready) this.control();
+    if (this.has(VIRTIO_NET_F.CTRL_VQ) && this.vqs[CVQ].ready) this.control();
     const rxq = this.vqs[RX], txq = this.vqs[TX];
     if (!txq.ready || !rxq.ready) return false;
     const txDma = this.dmaFor(TX), rxDma = this.dmaFor(RX);
@@ -104,7 +119,7 @@ export class NetDevice extends SimDevice {
 
   /** vdpa_sim_net's receive_filter. */
   private accepts(frame: Buffer): boolean {
-    const hdr = this.has(VIRTIO_F.VERSION_1) ? 12 : 10;
+    const hdr = netHdrSize(this.features);
     if (frame.length < hdr + ETH_ALEN) return false;
     const dst = frame.subarray(hdr, hdr + ETH_ALEN);
     if (dst[0] & 1) return true; // broadcast or multicast
@@ -125,16 +140,16 @@ export class NetDevice extends SimDevice {
     dma.begin();
     const { chains } = popAvail(dma, vq, BATCH);
     const used: number[] = [];
-    let status = VIRTIO_NET_ERR, taken = 0;
+    let status: number = VIRTIO_NET_ACK.ERR, taken = 0;
     for (const c of chains) {
       taken++;
-      const cmd = dma.gather(clip(c.out, 2 + ETH_ALEN));
-      if (!cmd || cmd.length < 2) { this.ringError('control command shorter than its header'); break; }
-      if (cmd[0] === VIRTIO_NET_CTRL_MAC) {
-        status = VIRTIO_NET_ERR;
-        if (cmd[1] === VIRTIO_NET_CTRL_MAC_ADDR_SET) {
-          cmd.copy(this.config, 0, 2);
-          if (cmd.length === 2 + ETH_ALEN) status = VIRTIO_NET_OK;
+      const H = VIRTIO_NET_CTRL_HDR, cmd = dma.gather(clip(c.out, H.sizeof + ETH_ALEN));
+      if (!cmd || cmd.length < H.sizeof) { this.ringError('control command shorter than its header'); break; }
+      if (cmd[H.class] === VIRTIO_NET_CTRL.MAC) {
+        status = VIRTIO_NET_ACK.ERR;
+        if (cmd[H.cmd] === VIRTIO_NET_CTRL.MAC_ADDR_SET) {
+          cmd.copy(this.config, VIRTIO_NET_CONFIG.mac, H.sizeof);
+          if (cmd.length === H.sizeof + ETH_ALEN) status = VIRTIO_NET_ACK.OK;
         }
       }
       used.push(c.head, dma.scatter(c.in, Buffer.from([status])) && c.inLen ? 1 : 0);
