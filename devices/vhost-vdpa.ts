@@ -8,7 +8,7 @@ import { vhost, BACKEND_F, IOTLB, IOTLB_PERM, VIRTIO_F, VIRTIO_STATUS as S } fro
 import type { Vm } from '../src/accel/index.js';
 import { cprSaveFd, cprDeleteFd, cprFindFd } from '../src/cpr-fds.js';
 import type { GuestMemory } from '../src/memory.js';
-import { VirtioMmio, QUEUE_NOTIFY, type VirtioBackend, type VirtioMmioState } from './virtio-mmio.js';
+import { VirtioMmio, VIRTIO_MMIO, type VirtioBackend, type VirtioMmioState } from './virtio-mmio.js';
 
 /** What we negotiate when offered (QEMU's set plus PERSIST, so a reset keeps the parent's map). */
 const WANTED_BACKEND = BACKEND_F.IOTLB_MSG_V2 | BACKEND_F.IOTLB_BATCH | BACKEND_F.SUSPEND | BACKEND_F.RESUME
@@ -112,7 +112,7 @@ export class VhostVdpa implements VirtioBackend {
     this.vm = vm;
     for (let q = 0; q < this.vqs; q++) {
       const k = kept?.kick[q] ?? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), c = kept?.call[q] ?? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-      vm.ioeventfd(k, this.base + QUEUE_NOTIFY, 4, { datamatch: q }, true);
+      vm.ioeventfd(k, this.base + VIRTIO_MMIO.QUEUE_NOTIFY, 4, { datamatch: q }, true);
       vm.irqfd(c, this.gsi, true);
       this.kick.push(k); this.call.push(c);
     }
