@@ -8,6 +8,8 @@ import { Case, Ctx, Fail } from './harness.js';
 import type { DeviceInfo } from './probe.js';
 import type { ChildPeer, Peer } from './peers.js';
 import { RING_MEM, SCRATCH, wantedFeatures, type Seg } from './virtq.js';
+import { VIRTIO_NET_F, netHdrSize } from '../../devices/vdpa/net.js';
+import { VIRTIO_BLK_OUTHDR, VIRTIO_BLK_T } from '../../devices/vdpa/blk.js';
 
 const PAGE = 4096, MiB = 1 << 20;
 const V = (name: string, ...a: unknown[]): Op => ['v', name, ...a];
@@ -119,8 +121,8 @@ const BUF = 0x2000; // 8 KiB per buffer: RX at SCRATCH, TX after 8 RX buffers
 const rxOff = (i: number) => SCRATCH + i * BUF, txOff = (i: number) => SCRATCH + (8 + i) * BUF;
 const bytes = (v: unknown): Buffer => Buffer.from(v as string, 'hex');
 const BCAST = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-/** The net header's length: virtio_net_hdr_v1 (12) with VERSION_1, else 10. */
-const netHdr = (c: Ctx) => ((c.dev.features & VIRTIO_F.VERSION_1) ? 12 : 10);
+/** The net header's length for the device's features (as it negotiated them). */
+const netHdr = (c: Ctx) => netHdrSize(c.dev.features);
 /** A zeroed net header and an Ethernet frame to `dst` of `len` bytes, payload tagged by `tag`. */
 function ethFrame(c: Ctx, dst: number[] | Buffer, len = 64, tag = 0): Buffer {
   const f = Buffer.alloc(netHdr(c) + len), h = netHdr(c);
@@ -132,7 +134,7 @@ function ethFrame(c: Ctx, dst: number[] | Buffer, len = 64, tag = 0): Buffer {
 }
 /** The device's MAC (config bytes 0..5) when it offers VIRTIO_NET_F_MAC, else zeros. */
 async function macOf(c: Ctx, p: Peer): Promise<Buffer> {
-  if (!(c.dev.features & (1n << 5n))) return Buffer.alloc(6);
+  if (!(c.dev.features & VIRTIO_NET_F.MAC)) return Buffer.alloc(6);
   const v = await c.ok(p, V('getConfig', 0, 6));
   return Buffer.from((v as { data?: number[] }).data ?? (v as Buffer));
 }
@@ -175,10 +177,10 @@ async function netExchange(c: Ctx, p: Peer, frames: Buffer[], rx: Buffer[]): Pro
 const RXQ = 0, TXQ = 1;
 /** One virtio-blk request laid out at `off`: header, data (out or in), status byte. */
 function blkReq(type: number, sector: number, off: number, data: { out?: Buffer; inLen?: number }): { segs: Seg[]; fill: Buffer; statusOff: number; dataOff: number } {
-  const hdr = Buffer.alloc(16);
-  hdr.writeUInt32LE(type, 0); hdr.writeBigUInt64LE(BigInt(sector), 8);
-  const dataOff = off + 16, dataLen = data.out?.length ?? data.inLen ?? 0, statusOff = dataOff + dataLen;
-  const segs: Seg[] = [{ off, len: 16, write: false }];
+  const H = VIRTIO_BLK_OUTHDR, hdr = Buffer.alloc(H.sizeof);
+  hdr.writeUInt32LE(type, H.type); hdr.writeBigUInt64LE(BigInt(sector), H.sector);
+  const dataOff = off + H.sizeof, dataLen = data.out?.length ?? data.inLen ?? 0, statusOff = dataOff + dataLen;
+  const segs: Seg[] = [{ off, len: H.sizeof, write: false }];
   if (dataLen) segs.push({ off: dataOff, len: dataLen, write: !data.out });
   segs.push({ off: statusOff, len: 1, write: true });
   const fill = Buffer.concat([hdr, data.out ?? Buffer.alloc(dataLen), Buffer.from([0xff])]);
@@ -190,7 +192,7 @@ async function postBlk(c: Ctx, p: Peer, reqs: ReturnType<typeof blkReq>[]): Prom
   await c.ok(p, 'post', 0, reqs.map((r) => r.segs));
   return reqs;
 }
-const T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8;
+const { IN: T_IN, OUT: T_OUT, FLUSH: T_FLUSH, GET_ID: T_GET_ID } = VIRTIO_BLK_T;
 const needNet = (d: DeviceInfo) => (d.kind === 'net' ? null : `a net case (device id ${d.id})`);
 const needBlk = (d: DeviceInfo) => (d.kind === 'blk' ? null : `a blk case (device id ${d.id})`);
 
@@ -364,7 +366,7 @@ export const cases: Case[] = [
     c.check(await c.ok(a, V('getStatus')) === 0, 'status not 0 after open');
     await step(S.ACKNOWLEDGE);
     await step(S.ACKNOWLEDGE | S.DRIVER);
-    await c.ok(a, V('setFeatures', c.dev.kind ? wantedFeatures(c.dev.kind, c.dev.features) : c.dev.features & (1n << 32n)));
+    await c.ok(a, V('setFeatures', c.dev.kind ? wantedFeatures(c.dev.kind, c.dev.features) : c.dev.features & VIRTIO_F.VERSION_1));
     await step(0x0b);
     await step(0x0f);
   } },
@@ -377,7 +379,7 @@ export const cases: Case[] = [
   } },
   { id: 24, title: 'SET_FEATURES after FEATURES_OK EBUSY; after reset ok', tags: ['U'], run: async (c) => {
     const a = await c.a();
-    const f = c.dev.kind ? wantedFeatures(c.dev.kind, c.dev.features) : c.dev.features & (1n << 32n);
+    const f = c.dev.kind ? wantedFeatures(c.dev.kind, c.dev.features) : c.dev.features & VIRTIO_F.VERSION_1;
     await c.ok(a, V('setStatus', 1)); await c.ok(a, V('setStatus', 3));
     await c.ok(a, V('setFeatures', f));
     await c.ok(a, V('setStatus', 0x0b));

@@ -6,26 +6,28 @@
 // used ring +0x2000. Buffers from 0x10000 on, one 2 KiB slot per (queue, descriptor head).
 import { read, write, SyscallError } from '../../src/libc.js';
 import { vhost, VIRTIO_F, VIRTIO_STATUS as S } from '../../src/vhost.js';
+import { VRING_AVAIL, VRING_DESC, VRING_DESC_F, VRING_USED, VRING_USED_ELEM } from '../../devices/vdpa/virtqueue.js';
+import { VIRTIO_NET_F, VIRTIO_NET_HDR_V1 } from '../../devices/vdpa/net.js';
+import { VIRTIO_BLK_OUTHDR, VIRTIO_BLK_S, VIRTIO_BLK_T } from '../../devices/vdpa/blk.js';
 
 export const QSIZE = 64;
 export const RING_MEM = 1 << 20;
 const QSTRIDE = 0x4000, AVAIL = 0x1000, USED = 0x2000, DATA = 0x10000, SLOT = 2048;
-const F_NEXT = 1, F_WRITE = 2;
-export const NET_HDR = 12; // virtio_net_hdr with VERSION_1 (num_buffers included)
-export const F_NET_MAC = 1n << 5n;
+const NET_HDR = VIRTIO_NET_HDR_V1.sizeof; // VERSION_1 is always negotiated
+const BLK_HDR = VIRTIO_BLK_OUTHDR.sizeof;
 
 export type Kind = 'net' | 'blk';
 export const queuesOf = (kind: Kind): number[] => (kind === 'net' ? [0, 1] : [0]); // net: RX 0, TX 1
 
 /** Features the suite negotiates: the offered ones among VERSION_1, ACCESS_PLATFORM (and MAC for net). */
 export const wantedFeatures = (kind: Kind, offered: bigint): bigint =>
-  offered & (VIRTIO_F.VERSION_1 | VIRTIO_F.ACCESS_PLATFORM | (kind === 'net' ? F_NET_MAC : 0n));
+  offered & (VIRTIO_F.VERSION_1 | VIRTIO_F.ACCESS_PLATFORM | (kind === 'net' ? VIRTIO_NET_F.MAC : 0n));
 
 export interface Vring { mem: Buffer; iova: bigint }
 
 const u16 = (m: Buffer, off: number) => m.readUInt16LE(off);
-export const availIdx = (r: Vring, q: number): number => u16(r.mem, q * QSTRIDE + AVAIL + 2);
-export const usedIdx = (r: Vring, q: number): number => u16(r.mem, q * QSTRIDE + USED + 2);
+export const availIdx = (r: Vring, q: number): number => u16(r.mem, q * QSTRIDE + AVAIL + VRING_AVAIL.idx);
+export const usedIdx = (r: Vring, q: number): number => u16(r.mem, q * QSTRIDE + USED + VRING_USED.idx);
 
 /** Zero the rings of every queue (a fresh driver). */
 export function resetRings(r: Vring): void { r.mem.fill(0, 0, DATA); }
@@ -64,14 +66,14 @@ export function post(r: Vring, q: number, segs: Seg[]): number {
   const base = q * QSTRIDE, idx = availIdx(r, q);
   const head = (idx * 4) % QSIZE; // up to 4 descriptors per chain
   segs.forEach((s, i) => {
-    const d = base + (head + i) * 16;
-    r.mem.writeBigUInt64LE(r.iova + BigInt(s.off), d);
-    r.mem.writeUInt32LE(s.len, d + 8);
-    r.mem.writeUInt16LE((s.write ? F_WRITE : 0) | (i < segs.length - 1 ? F_NEXT : 0), d + 12);
-    r.mem.writeUInt16LE(head + i + 1, d + 14);
+    const D = VRING_DESC, d = base + (head + i) * D.sizeof;
+    r.mem.writeBigUInt64LE(r.iova + BigInt(s.off), d + D.addr);
+    r.mem.writeUInt32LE(s.len, d + D.len);
+    r.mem.writeUInt16LE((s.write ? VRING_DESC_F.WRITE : 0) | (i < segs.length - 1 ? VRING_DESC_F.NEXT : 0), d + D.flags);
+    r.mem.writeUInt16LE(head + i + 1, d + D.next);
   });
-  r.mem.writeUInt16LE(head, base + AVAIL + 4 + 2 * (idx % QSIZE));
-  r.mem.writeUInt16LE((idx + 1) & 0xffff, base + AVAIL + 2);
+  r.mem.writeUInt16LE(head, base + AVAIL + VRING_AVAIL.ring + 2 * (idx % QSIZE));
+  r.mem.writeUInt16LE((idx + 1) & 0xffff, base + AVAIL + VRING_AVAIL.idx);
   return head;
 }
 const slotOff = (q: number, head: number) => DATA + (q * QSIZE + head) * SLOT;
@@ -106,8 +108,8 @@ export function waitCall(efd: number, timeoutMs = 3000): boolean {
   return true;
 }
 export const usedElem = (r: Vring, q: number, i: number): { id: number; len: number } => {
-  const o = q * QSTRIDE + USED + 4 + 8 * (i % QSIZE);
-  return { id: r.mem.readUInt32LE(o), len: r.mem.readUInt32LE(o + 4) };
+  const E = VRING_USED_ELEM, o = q * QSTRIDE + USED + VRING_USED.ring + E.sizeof * (i % QSIZE);
+  return { id: r.mem.readUInt32LE(o + E.id), len: r.mem.readUInt32LE(o + E.len) };
 };
 
 // ---- net: a TX frame loops back to RX (vdpa_sim_net semantics) ----
@@ -155,24 +157,24 @@ export function complete(r: Vring, calls: number[], p: Pending, timeoutMs = 3000
   }
   if (!waitUsed(r, 0, p.used0[0] + 1, timeoutMs)) return `blk used index stayed ${usedIdx(r, 0)}`;
   const off = slotOff(0, p.heads[0]);
-  const status = r.mem[off + 16 + 512];
-  if (status !== 0) return `blk request status ${status}`;
+  const status = r.mem[off + BLK_HDR + 512];
+  if (status !== VIRTIO_BLK_S.OK) return `blk request status ${status}`;
   if (!waitCall(calls[0], timeoutMs)) return 'blk call eventfd not signalled';
   return null;
 }
 
 // ---- blk: one sector written, then read back ----
-const BLK_OUT = 1, BLK_IN = 0;
+const { OUT: BLK_OUT, IN: BLK_IN } = VIRTIO_BLK_T;
 const sector = (n: number) => { const b = Buffer.alloc(512); for (let i = 0; i < 512; i++) b[i] = (n * 7 + i) & 0xff; return b; };
 
-export function blkSend(r: Vring, kicks: number[], n: number, type = BLK_OUT): Pending {
+export function blkSend(r: Vring, kicks: number[], n: number, type: number = BLK_OUT): Pending {
   const used0 = [usedIdx(r, 0)];
   const head = (availIdx(r, 0) * 4) % QSIZE, off = slotOff(0, head);
   r.mem.fill(0, off, off + SLOT);
-  r.mem.writeUInt32LE(type, off); r.mem.writeBigUInt64LE(BigInt(n % 64), off + 8);
-  if (type === BLK_OUT) sector(n).copy(r.mem, off + 16);
-  r.mem[off + 16 + 512] = 0xff;
-  post(r, 0, [{ off, len: 16, write: false }, { off: off + 16, len: 512, write: type === BLK_IN }, { off: off + 16 + 512, len: 1, write: true }]);
+  r.mem.writeUInt32LE(type, off + VIRTIO_BLK_OUTHDR.type); r.mem.writeBigUInt64LE(BigInt(n % 64), off + VIRTIO_BLK_OUTHDR.sector);
+  if (type === BLK_OUT) sector(n).copy(r.mem, off + BLK_HDR);
+  r.mem[off + BLK_HDR + 512] = 0xff;
+  post(r, 0, [{ off, len: BLK_HDR, write: false }, { off: off + BLK_HDR, len: 512, write: type === BLK_IN }, { off: off + BLK_HDR + 512, len: 1, write: true }]);
   kick(kicks[0]);
   return { kind: 'blk', n, q: [0], used0, heads: [head] };
 }
@@ -185,7 +187,7 @@ export function roundTrip(kind: Kind, r: Vring, kicks: number[], calls: number[]
   const p = blkSend(r, kicks, n, BLK_IN);
   const rd = complete(r, calls, p);
   if (rd) return `read: ${rd}`;
-  const got = r.mem.subarray(slotOff(0, p.heads[0]) + 16, slotOff(0, p.heads[0]) + 16 + 512);
+  const got = r.mem.subarray(slotOff(0, p.heads[0]) + BLK_HDR, slotOff(0, p.heads[0]) + BLK_HDR + 512);
   return got.equals(sector(n)) ? null : 'blk read-back differs from the sector written';
 }
 
