@@ -78,8 +78,10 @@ export class Kvm {
   readonly fd: number;
   constructor(path = '/dev/kvm') {
     this.fd = open(path, O_RDWR | O_CLOEXEC);
-    const v = ioctl('KVM_GET_API_VERSION', this.fd, KVM.GET_API_VERSION);
-    if (v !== 12) throw new Error(`KVM API version ${v}, expected 12`);
+    try {
+      const v = ioctl('KVM_GET_API_VERSION', this.fd, KVM.GET_API_VERSION);
+      if (v !== 12) throw new Error(`KVM API version ${v}, expected 12`);
+    } catch (e) { close(this.fd); throw e; }
   }
   checkExtension(cap: number): number { return ioctl('KVM_CHECK_EXTENSION', this.fd, KVM.CHECK_EXTENSION, cap); }
   vcpuMmapSize(): number { return ioctl('KVM_GET_VCPU_MMAP_SIZE', this.fd, KVM.GET_VCPU_MMAP_SIZE); }
@@ -92,6 +94,7 @@ export class Kvm {
     return b.subarray(0, 8 + b.readUInt32LE(0) * SIZE.cpuidEntry);
   }
   createVm(): VmFd { return new VmFd(ioctl('KVM_CREATE_VM', this.fd, KVM.CREATE_VM, 0)); }
+  close(): void { close(this.fd); }
 }
 
 // ---- VM ----

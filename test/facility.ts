@@ -16,6 +16,8 @@ async function probeAccel(): Promise<{ kind?: AccelKind; reason?: string }> {
   try { return { kind: (await openAccelerator(ACCEL_CHOICE)).accel.kind }; } catch (e) { return { reason: `no accelerator for MINIVMM_ACCEL=${ACCEL_CHOICE}: ${(e as Error).message}` }; }
 }
 const accel = await probeAccel();
+/** Why KVM cannot run here (its own one-line reason: no /dev/kvm, or one that answers no KVM ioctl), or null. */
+const kvmReason = (await import('../src/accel/kvm.js')).KvmAccelerator.unavailable();
 /** Why the emulator cannot run here (its own one-line reason), or null. */
 const emuReason = await (async () => {
   try { (await import('../src/accel/emu/index.js')).EmuAccelerator.open(); return null; } catch (e) { return (e as Error).message; }
@@ -29,8 +31,8 @@ const usable = (path: string): boolean => { try { accessSync(path, constants.R_O
 const checks = {
   /** An accelerator for the guests (CI must have one: the project installs the emulator). */
   guest: { ci: true, missing: () => accel.reason ?? null },
-  /** /dev/kvm itself, for tests about KVM (a CI machine may lack it: they skip). */
-  kvm: { ci: false, missing: () => (usable('/dev/kvm') ? null : 'no usable /dev/kvm') },
+  /** KVM itself, for tests about KVM (a CI machine may lack it: they skip). */
+  kvm: { ci: false, missing: () => kvmReason },
   /** The emulator itself, for tests about it (CI must have it: the project installs it). */
   emu: { ci: true, missing: () => emuReason },
   fuse: { ci: true, missing: () => (usable('/dev/fuse') ? null : 'no usable /dev/fuse') },

@@ -3,8 +3,9 @@
 // daemon supervision, exit hooks): Vmm.start (a fresh boot) and Vmm.fromState (the new image of
 // a live update). The update itself is owned here: beginUpdate pauses and saves, abortUpdate puts
 // everything back; the transports in cpr/ only carry the state and the fds between processes.
-import { unlinkSync, accessSync, constants } from 'node:fs';
+import { unlinkSync } from 'node:fs';
 import type { Accelerator, Vm } from '../src/accel/index.js';
+import { KvmAccelerator } from '../src/accel/kvm.js';
 import { GuestMemory } from '../src/memory.js';
 import { cprFds, cprFindFd, cprSaveFd, type NamedFd } from '../src/cpr-fds.js';
 import { VhostVdpa, type VdpaState } from '../devices/vhost-vdpa.js';
@@ -299,7 +300,9 @@ export class Vmm implements MonitorTarget {
     installCommands(qmp, this);
   }
 
-  get accelerator(): MonitorTarget['accelerator'] { return { kind: this.accel.kind, kvmPresent: kvmPresent() }; }
+  get accelerator(): MonitorTarget['accelerator'] {
+    return { kind: this.accel.kind, kvmPresent: this.accel.kind === 'kvm' || KvmAccelerator.unavailable() === null };
+  }
   get running(): boolean { return this.machine.running; }
   stop(): Promise<void> { return this.machine.pause(); }
   cont(): void { this.machine.resume(); }
@@ -326,11 +329,6 @@ export class Vmm implements MonitorTarget {
       })),
     };
   }
-}
-
-/** /dev/kvm can be opened for reading and writing (QMP query-kvm's `present`). */
-function kvmPresent(): boolean {
-  try { accessSync('/dev/kvm', constants.R_OK | constants.W_OK); return true; } catch { return false; /* absent, or not ours to use */ }
 }
 
 /** The update's report: its blackout and where the time went, from the old image's and this one's clocks. */

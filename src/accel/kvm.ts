@@ -38,6 +38,11 @@ export class KvmAccelerator implements Accelerator {
   /** XSAVE state (KVM_CAP_XSAVE) or only the legacy FPU state. */
   private constructor(private kvm: Kvm, private xsave: boolean) { this.description = 'KVM'; }
 
+  /** Why KVM cannot run guests here (one line), or null: open, check, close (QMP query-kvm's `present`). */
+  static unavailable(): string | null {
+    try { KvmAccelerator.open().kvm.close(); return null; } catch (e) { if (e instanceof AccelUnavailable) return e.message; throw e; }
+  }
+
   /** Opens /dev/kvm; AccelUnavailable (one line) when it is missing, closed to us, or lacks a capability. */
   static open(): KvmAccelerator {
     let kvm: Kvm;
@@ -48,7 +53,7 @@ export class KvmAccelerator implements Accelerator {
       throw new AccelUnavailable(`/dev/kvm unusable: ${(e as Error).message}`);
     }
     for (const [cap, what] of REQUIRED_CAPS) {
-      if (kvm.checkExtension(CAP[cap]) <= 0) throw new AccelUnavailable(`this KVM lacks ${what} (KVM_CAP_${cap})`);
+      if (kvm.checkExtension(CAP[cap]) <= 0) { kvm.close(); throw new AccelUnavailable(`this KVM lacks ${what} (KVM_CAP_${cap})`); }
     }
     return new KvmAccelerator(kvm, kvm.checkExtension(CAP.XSAVE) > 0);
   }
