@@ -319,10 +319,12 @@ async function main(): Promise<void> {
     }
     console.log(`\nslope (ms/GiB): new-owner ${slopes['new-owner']}, fallback ${slopes.fallback}, cpr-transfer ${slopes['cpr-transfer']}`);
     console.log(`fallback / new-owner: ${Object.entries(ratios).map(([s, x]) => `${s} ${x}x`).join(', ')}`);
-    console.log(`VMM start to first guest instruction: median ${out.startup_to_first_instruction_ms.median} ms, p90 ${out.startup_to_first_instruction_ms.p90} ms`);
-    console.log(`QMP round trip (query-status): median ${out.qmp_round_trip_ms.median} ms, p90 ${out.qmp_round_trip_ms.p90} ms`);
+    if (misc) {
+      console.log(`VMM start to first guest instruction: median ${out.startup_to_first_instruction_ms.median} ms, p90 ${out.startup_to_first_instruction_ms.p90} ms`);
+      console.log(`QMP round trip (query-status): median ${out.qmp_round_trip_ms.median} ms, p90 ${out.qmp_round_trip_ms.p90} ms`);
+    }
     if (noDevice) console.log(`no-device blackout (counter, 1G): median ${noDevice.median_ms} ms, p90 ${noDevice.p90_ms} ms`);
-    console.log(`embedded loopback, host-driven 64-byte frames: ${Object.entries(loopback).map(([k, v]) => `${k} ${v}/s`).join(', ')}`);
+    if (misc) console.log(`embedded loopback, host-driven 64-byte frames: ${Object.entries(loopback).map(([k, v]) => `${k} ${v}/s`).join(', ')}`);
     console.log(`\nwritten: ${stem}.json, ${stem}.svg`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
