@@ -270,6 +270,13 @@ static void test_timer(void)
 
 static void test_sti_hlt(void)
 {
+	/*
+	 * A tick of the periodic timer stopped just before may still be pending (IRR): taken at the
+	 * sti below, ahead of 0x44 (a higher class), it would end the hlt and leave 0x44 to the cli.
+	 * Let anything pending be taken first.
+	 */
+	sti();
+	spin_ms(5);
 	lapic_write(0x320, 0x62);		/* a one-shot alarm in 500 ms, should the wake-up be lost */
 	cli();
 	self_ipi(0x44);				/* pending while IF=0 */
