@@ -89,8 +89,16 @@ export class Vcpus {
     for (const l of this.loops) if (l.inRun) l.vcpu.requestExit();
   }
 
+  /** The pause under way, shared by every caller (a QMP stop during an update's own pause). */
+  private pausing?: Promise<void>;
+
   /** Resolves when every vCPU is out of its run and parked. */
-  async pause(): Promise<void> {
+  pause(): Promise<void> {
+    this.pausing ??= this.parkAll().finally(() => { this.pausing = undefined; });
+    return this.pausing;
+  }
+
+  private async parkAll(): Promise<void> {
     this.pauseRequested = true;
     const parked = this.loops.map((l) => (l.inRun ? new Promise<void>((r) => { l.parked = r; }) : Promise.resolve()));
     this.kick();
