@@ -6,8 +6,10 @@ import { ACCEL, describeWith, missing } from './facility.js';
 import { runMinivmm, VmProcess, counterValues, tempDir, writeTinyElf } from './harness.js';
 import { encodeState, loadEncoder, type CprState } from '../cpr/envelope.js';
 import { plausibleState } from './fuzz/state.js';
+import { withoutAccelNotice } from './fuzz/real.js';
 
-const oneLineError = (stderr: string) => {
+const oneLineError = (stderrWithNotice: string) => {
+  const stderr = withoutAccelNotice(stderrWithNotice);
   const lines = stderr.trim().split('\n');
   expect(lines).toHaveLength(1);
   expect(lines[0]).toMatch(/^minivmm: /);

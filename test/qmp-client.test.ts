@@ -31,7 +31,7 @@ function execute(q: Qmp, cmd: string, args?: Record<string, unknown>): Promise<u
 }
 const event = (q: Qmp, name: string) => within(new Promise<void>((resolve) => q.once(name, resolve)), 30_000, `qemu-qmp: event ${name}`);
 
-describeWith(['kvm'], 'the npm QMP client qemu-qmp drives minivmm', () => {
+describeWith(['guest'], 'the npm QMP client qemu-qmp drives minivmm', () => {
   let vm: VmProcess;
   afterAll(async () => { await vm?.kill(); });
 
