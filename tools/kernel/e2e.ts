@@ -358,10 +358,11 @@ async function oneUpdate(n: number, mode: E2eUpdate['mode'], intent: E2eUpdate['
     return u;
   }
   u.status = String(r.status);
-  u.rolled_back = (r['x-rolled-back'] ?? r.rolled_back) === true;
-  const cpr = r.cpr as { path?: string; phases?: Record<string, number> } | undefined;
+  u.rolled_back = r['x-rolled-back'] === true;
+  // query-migrate: QEMU's members (downtime in whole ms) and minivmm's x-cpr (path, phases, fractional ms).
+  const cpr = r['x-cpr'] as { path?: string; downtime?: number; phases?: Record<string, number> } | undefined;
   u.path = cpr?.path ?? null;
-  u.downtime_ms = typeof r.downtime === 'number' ? r.downtime : null;
+  u.downtime_ms = typeof cpr?.downtime === 'number' ? cpr.downtime : typeof r.downtime === 'number' ? r.downtime : null;
   u.phases = cpr?.phases ?? null;
   if (intent === 'forced-fallback') {
     const back = await cli(['qmp', '--socket', qmp, 'migrate-set-parameters', '{"x-vdpa-path":"auto"}']);
