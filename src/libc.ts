@@ -1,7 +1,7 @@
 // Thin, typed bindings to the libc calls minivmm needs, through ffi-rs.
 // Every failure throws SyscallError naming the call and the errno, e.g.
 // "KVM_CREATE_VM failed: EACCES (Permission denied)".
-import ffi from 'ffi-rs';
+import ffi from './ffi.js';
 import { constants } from 'node:os';
 import { readFileSync } from 'node:fs';
 

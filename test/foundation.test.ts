@@ -1,9 +1,11 @@
 // Foundation: boot toy guests on KVM, bad input, QMP, and cpr-exec live update of `counter`.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
 import { openSync, writeFileSync, closeSync } from 'node:fs';
 import { ACCEL, describeWith, missing } from './facility.js';
-import { runMinivmm, VmProcess, counterValues, tempDir, writeTinyElf } from './harness.js';
+import { BUILD, runMinivmm, VmProcess, counterValues, tempDir, writeTinyElf } from './harness.js';
 import { encodeState, loadEncoder, type CprState } from '../cpr/envelope.js';
 import { plausibleState } from './fuzz/state.js';
 import { withoutAccelNotice } from './fuzz/real.js';
@@ -62,6 +64,26 @@ describeWith(['guest'], 'guests boot and exit', () => {
     expect(r.code).not.toBe(0);
     oneLineError(r.stderr);
     expect(r.stderr).toMatch(/RIP 0x100000, instruction bytes c4 e2 f1 f7 c3/);
+  });
+});
+
+describe('loading ffi-rs', () => {
+  it('asks for no diagnostic report, leaves process.report as it was, and agrees with the report on the C library', () => {
+    // A fresh process: the module loads ffi-rs once, at import.
+    const script = `
+      const real = process.report.getReport;
+      let calls = 0;
+      const counting = function (...a) { calls++; return real.apply(this, a); };
+      process.report.getReport = counting;
+      const { default: ffi, mapsGlibc } = await import(${JSON.stringify(pathToFileURL(join(BUILD, 'dist/src/ffi.js')).href)});
+      const restored = process.report.getReport === counting, during = calls;
+      const glibcByReport = Boolean(real.call(process.report).header.glibcVersionRuntime);
+      console.log(JSON.stringify({ during, restored, glibcByReport, glibcByMaps: mapsGlibc(), load: typeof ffi.load }));`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    const out = JSON.parse(r.stdout);
+    expect({ during: out.during, restored: out.restored, load: out.load }).toEqual({ during: 0, restored: true, load: 'function' });
+    expect(out.glibcByMaps).toBe(out.glibcByReport);
   });
 });
 

@@ -2,7 +2,7 @@
 // scatter/gather process_vm_readv/writev and pread/pwrite. Same conventions as src/libc.ts:
 // a failure throws SyscallError naming the call and the errno. Pointers are passed as numbers
 // (addresses of Buffers from addressOf, or of mappings) so that big Buffers are never marshalled.
-import ffi from 'ffi-rs';
+import ffi from '../../src/ffi.js';
 import { SyscallError, addressOf, sys } from '../../src/libc.js';
 
 const { DataType: T } = ffi;

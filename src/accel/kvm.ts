@@ -1,7 +1,7 @@
 // The KVM accelerator: the seam's Vm/Vcpu over /dev/kvm (ioctl wrappers in src/kvm.ts). KVM's
 // structs are translated to and from the neutral schema here and nowhere else.
 import { readdirSync } from 'node:fs';
-import ffi from 'ffi-rs';
+import ffi from '../ffi.js';
 import { tgkill, SIGUSR2, errnoName, SyscallError } from '../libc.js';
 import { Kvm, VmFd, VcpuFd, KVM, CAP, EXIT, RUN, SIZE, SREGS, PIC_MASTER, PIC_SLAVE, IOAPIC, exitName } from '../kvm.js';
 import { translate, type GuestMemory } from '../memory.js';

@@ -1,5 +1,5 @@
 // mkfifo(3) (Node has no binding): through the product's ffi-rs, like every other syscall.
-import ffi from 'ffi-rs';
+import ffi from '../../src/ffi.js';
 
 export function mkfifoSync(path: string, mode = 0o600): void {
   ffi.open({ library: 'libc', path: '' });

@@ -1,7 +1,7 @@
 // Bindings to the emu accelerator's C shim (shim.c, built into dist/emu/ by tools/emu/setup.mjs),
 // loaded through ffi-rs like every other native call. The exit record and the register block are
 // the shim's own memory, read and written through Buffers (no copies).
-import ffi from 'ffi-rs';
+import ffi from '../../ffi.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
