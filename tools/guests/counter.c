@@ -5,7 +5,9 @@
  * print MISMATCH and exit 2.  The TSC check catches a clock restored badly.
  *
  * Command line: iters=N (counter increments per round, default 20000),
- * rounds=N (stop after N rounds; 0 = forever), seed=N (region contents).
+ * rounds=N (stop after N rounds; 0 = forever), seed=N (region contents),
+ * touch=1 (write every 4 KiB page of RAM once first, as a guest that has used
+ * all its memory has: the VMM's page tables then map all of it).
  */
 #include "lib.h"
 
@@ -102,6 +104,17 @@ static void samples_check(void)
 	}
 }
 
+static void touch_all(const struct bootinfo *bi)
+{
+	struct ram_iter it = { .bi = bi };
+	u64 start, end, pages = 0;
+
+	while (ram_next_chunk(&it, &start, &end))
+		for (u64 p = start; p < end; p += 4096, pages++)
+			*(volatile u64 *)p = p;
+	printk("touched %lu pages\n", pages);
+}
+
 void guest_main(struct bootinfo *bi)
 {
 	u64 iters = cmdline_u64(bi, "iters", 20000);
@@ -109,6 +122,8 @@ void guest_main(struct bootinfo *bi)
 	u64 seed = cmdline_u64(bi, "seed", 0x5eed);
 	u64 prev_tsc = rdtsc(), tsc, sum;
 
+	if (cmdline_u64(bi, "touch", 0))
+		touch_all(bi);
 	region_init(seed);
 	samples_init(bi);
 	samples_write(0);
