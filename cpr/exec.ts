@@ -7,14 +7,18 @@ import { delimiter, join } from 'node:path';
 import { execve, setCloexec, isCloexec, close } from '../src/libc.js';
 import { cprAdoptFds, cprCloseOnExec } from '../src/cpr-fds.js';
 import { openAccelerator, isAccelChoice, type AccelChoice } from '../src/accel/select.js';
+import { loadKeeper, startKeeper, releaseKeeper } from '../src/keeper.js';
 import { Vmm, type Migrators, type EarlySignals } from '../vmm/vmm.js';
 import { warmUpCodec, sealState, readSealedState, decodeState, type CprState } from './envelope.js';
 
 const now = (): bigint => process.hrtime.bigint();
 
-/** What travels beside the sealed state, in the environment: the state's fd and the two times it cannot hold. */
-interface ExecHandoff { stateFd: number; saved: bigint; sent: bigint }
-const HANDOFF_ENV = 'MINIVMM_CPR_STATE'; // "<fd>,<saved ns>,<sent ns>"
+/**
+ * What travels beside the sealed state, in the environment: the state's fd, the two times it
+ * cannot hold, and the pid of the keeper holding the old address space (0: none).
+ */
+interface ExecHandoff { stateFd: number; saved: bigint; sent: bigint; keeper: number }
+const HANDOFF_ENV = 'MINIVMM_CPR_STATE'; // "<fd>,<saved ns>,<sent ns>,<keeper pid>"
 /** Fault injection for tests and the demo, read once by the new image. */
 export const INJECT_ENV = 'MINIVMM_INJECT';
 
@@ -22,16 +26,16 @@ export const INJECT_ENV = 'MINIVMM_INJECT';
 export const isExecHandoff = (env: NodeJS.ProcessEnv): boolean => env[HANDOFF_ENV] !== undefined;
 
 function handoffEnv(h: ExecHandoff): Record<string, string> {
-  return { [HANDOFF_ENV]: `${h.stateFd},${h.saved},${h.sent}` };
+  return { [HANDOFF_ENV]: `${h.stateFd},${h.saved},${h.sent},${h.keeper}` };
 }
 
 /** Takes the hand-off out of the environment (nothing this image spawns should see it). */
 function takeHandoff(env: NodeJS.ProcessEnv): ExecHandoff {
   const text = env[HANDOFF_ENV] ?? '';
   delete env[HANDOFF_ENV];
-  const m = /^(\d+),(\d+),(\d+)$/.exec(text);
-  if (!m) throw new Error(`${HANDOFF_ENV}=${JSON.stringify(text)} is not "<fd>,<saved>,<sent>"`);
-  return { stateFd: Number(m[1]), saved: BigInt(m[2]), sent: BigInt(m[3]) };
+  const m = /^(\d+),(\d+),(\d+),(\d+)$/.exec(text);
+  if (!m) throw new Error(`${HANDOFF_ENV}=${JSON.stringify(text)} is not "<fd>,<saved>,<sent>,<keeper>"`);
+  return { stateFd: Number(m[1]), saved: BigInt(m[2]), sent: BigInt(m[3]), keeper: Number(m[4]) };
 }
 
 export function takeInject(env: NodeJS.ProcessEnv = process.env): string | undefined {
@@ -90,10 +94,11 @@ function accelArg(argv: string[]): AccelChoice | undefined {
 export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void> {
   const argv = command ?? defaultCommand();
   await warmUpCodec();
+  const noKeeper = loadKeeper();
   const u = await vmm.beginUpdate('cpr-exec');
   if (!u) return;
   const keptOpen: number[] = [];
-  let stateFd = -1;
+  let stateFd = -1, keeper = 0;
   try {
     stateFd = sealState({ vmm: u.state, fds: u.fds });
     const saved = now();
@@ -105,10 +110,16 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
     for (const fd of [0, 1, 2, stateFd, ...u.fds.map((k) => k.fd)]) {
       if (isCloexec(fd)) { setCloexec(fd, false); keptOpen.push(fd); }
     }
-    execve(resolveCommand(argv[0]), argv, { ...leanEnv(process.env), ...handoffEnv({ stateFd, saved, sent: now() }) });
+    // Without a keeper the exec still works; it tears the address space down inside the blackout.
+    if (noKeeper === null) {
+      try { keeper = startKeeper(); } catch (e) { process.stderr.write(`minivmm: ${(e as Error).message}; the exec tears the old address space down inside the blackout\n`); }
+    } else process.stderr.write(`minivmm: no address-space keeper (${noKeeper}); the exec tears the old address space down inside the blackout\n`);
+    execve(resolveCommand(argv[0]), argv, { ...leanEnv(process.env), ...handoffEnv({ stateFd, saved, sent: now(), keeper }) });
   } catch (e) {
-    // Still the old image: every kept fd gets CLOEXEC again, the guest runs on.
+    // Still the old image: every kept fd gets CLOEXEC again, the keeper goes (it shares our
+    // address space: its exit tears nothing down), the guest runs on.
     for (const fd of keptOpen) { try { setCloexec(fd, true); } catch { /* closed meanwhile: nothing to restore */ } }
+    if (keeper > 0) await releaseKeeper(keeper).catch((k) => process.stderr.write(`minivmm: ${(k as Error).message}\n`));
     if (stateFd >= 0) close(stateFd);
     await vmm.abortUpdate(u, (e as Error).message);
   }
@@ -128,9 +139,17 @@ export async function incomingExec(migrators: Migrators, entryTime: bigint, earl
   const choice = accelArg(process.argv.slice(2));
   if (choice) state.vmm.machine.config.accel = choice;
   const { accel } = await openAccelerator(choice ?? state.vmm.machine.accel);
-  return Vmm.fromState(state.vmm, accel, migrators, { mode: 'cpr-exec', saved: h.saved, sent: h.sent, arrived: entryTime, loaded, decoded }, {
+  return Vmm.fromState(state.vmm, accel, migrators, {
+    mode: 'cpr-exec', saved: h.saved, sent: h.sent, arrived: entryTime, loaded, decoded,
+    oldAddressSpace: h.keeper > 0 ? 'kept until resume' : 'torn down by exec',
+  }, {
     signals: early,
     inject: takeInject(),
-    afterResume: () => { cprCloseOnExec(); restoreEnv(); },
+    afterResume: () => {
+      // The guest runs: the old address space may go now, on another CPU.
+      if (h.keeper > 0) releaseKeeper(h.keeper).catch((e) => process.stderr.write(`minivmm: ${(e as Error).message}\n`));
+      cprCloseOnExec();
+      restoreEnv();
+    },
   });
 }

@@ -3,12 +3,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
-import { openSync, writeFileSync, closeSync } from 'node:fs';
+import { openSync, writeFileSync, closeSync, readFileSync } from 'node:fs';
 import { ACCEL, describeWith, missing } from './facility.js';
 import { BUILD, runMinivmm, VmProcess, counterValues, tempDir, writeTinyElf } from './harness.js';
 import { encodeState, loadEncoder, type CprState } from '../cpr/envelope.js';
 import { plausibleState } from './fuzz/state.js';
 import { withoutAccelNotice } from './fuzz/real.js';
+import { processAlive } from '../src/libc.js';
 
 const oneLineError = (stderrWithNotice: string) => {
   const stderr = withoutAccelNotice(stderrWithNotice);
@@ -143,7 +144,7 @@ describeWith(['guest'], 'a corrupt CPR state blob is rejected by the new image',
       const p = join(tempDir(), 'state.bin');
       writeFileSync(p, blob);
       const fd = openSync(p, 'r');
-      const r = await runMinivmm([], { env: { ...process.env, MINIVMM_CPR_STATE: '3,0,0' }, stdio: ['ignore', 'pipe', 'pipe', fd] });
+      const r = await runMinivmm([], { env: { ...process.env, MINIVMM_CPR_STATE: '3,0,0,0' }, stdio: ['ignore', 'pipe', 'pipe', fd] });
       closeSync(fd);
       expect(r.code).toBe(1);
       oneLineError(r.stderr);
@@ -318,6 +319,56 @@ describeWith(['guest'], 'cpr-exec live update of the counter guest', () => {
     expect(Math.max(...gaps)).toBeLessThan(3 * typical + (Math.max(...downtimes) + 500) * khz);
     expect(vm.stderr).not.toMatch(/error/i);
   }
+});
+
+/** Pids of `pid`'s child processes (its main thread's: every process it forks or clones). */
+function childrenOf(pid: number): number[] {
+  try { return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number); } catch { return []; }
+}
+async function until(what: string, test: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!test()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+describeWith(['guest'], 'the address-space keeper of a cpr-exec', () => {
+  it('holds the old address space of a guest that touched all its RAM until the guest runs, then is reaped', async () => {
+    const vm = await VmProcess.start(['--guest', 'counter', '--memory', '256M', '--append', 'touch=1', '--log-level', 'warn']);
+    try {
+      await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/, 60_000);
+      expect(vm.stdout).toMatch(/touched \d+ pages/);
+      const { runUpdate } = await import('../vmm/update.js');
+      for (let i = 1; i <= 3; i++) {
+        const mark = vm.stdout.length;
+        const r = await runUpdate(vm.qmpPath, null, 30_000) as { status: string; 'x-cpr': Record<string, unknown> };
+        expect(r.status, JSON.stringify(r)).toBe('completed');
+        expect(r['x-cpr']['old-address-space']).toBe('kept until resume');
+        await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/, 10_000, mark);
+        await until('the keeper to be reaped', () => childrenOf(vm.pid).length === 0);
+      }
+      expect(vm.stdout).not.toMatch(/MISMATCH/);
+      expect(vm.stderr).not.toMatch(/keeper/);
+    } finally { await vm.kill(); }
+  });
+
+  it('dies with the VMM process: an exec target that never restores, killed, leaves no keeper behind', async () => {
+    const vm = await VmProcess.start(['--guest', 'counter', '--log-level', 'warn']);
+    try {
+      await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/);
+      const { runUpdate } = await import('../vmm/update.js');
+      const update = runUpdate(vm.qmpPath, ['/bin/sleep', '30'], 3000).catch(() => undefined);
+      const comm = () => { try { return readFileSync(`/proc/${vm.pid}/comm`, 'utf8').trim(); } catch { return ''; } };
+      await until('the exec into sleep', () => comm() === 'sleep');
+      const keepers = childrenOf(vm.pid);
+      expect(keepers).toHaveLength(1); // the keeper outlived the old image
+      process.kill(vm.pid, 'SIGKILL');
+      await until('the keeper to die with the VMM process', () => !processAlive(keepers[0]));
+      await vm.exited;
+      await update;
+    } finally { await vm.kill(); }
+  });
 });
 
 describeWith(['guest'], 'cpr-exec of the counter guest: monitor and failure cases', () => {

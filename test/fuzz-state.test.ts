@@ -1,7 +1,7 @@
 // Fuzz: CPR state blobs. Mutations of a valid blob (a real one captured from a live VM when KVM is
 // there, and a plausible synthetic one) through decodeState in-process: a StateError with one
 // line, or a state that passed validation; never another exception type. A sample is fed to a
-// real new image (MINIVMM_CPR_STATE=3,0,0): exit 1 and one line on stderr.
+// real new image (MINIVMM_CPR_STATE=3,0,0,0): exit 1 and one line on stderr.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -84,7 +84,7 @@ describeWith(['guest'], 'fuzz: CPR state blobs fed to a real new image', () => {
       writeFileSync(p, blob);
       const fd = openSync(p, 'r');
       try {
-        const res = await runMinivmm([], { env: { ...process.env, MINIVMM_CPR_STATE: '3,0,0' }, stdio: ['ignore', 'pipe', 'pipe', fd], timeoutMs: 20_000 });
+        const res = await runMinivmm([], { env: { ...process.env, MINIVMM_CPR_STATE: '3,0,0,0' }, stdio: ['ignore', 'pipe', 'pipe', fd], timeoutMs: 20_000 });
         const why = res.signal ? `killed by ${res.signal} (hang?)` : res.code !== 1 ? `exit ${res.code}, stderr ${JSON.stringify(res.stderr.slice(0, 300))}` : oneLineProblem(res.stderr);
         if (why) failures.push(`case ${i} (${kind}, seed ${seed}, blob ${p}): ${why}`);
       } finally { closeSync(fd); }

@@ -144,7 +144,7 @@ describeWith(['guest', 'fuse', 'root'], 'security claims', () => {
     const out = join(dir, 'seals.json');
     const check = join(dir, 'check.mjs');
     writeFileSync(check, `import * as L from ${JSON.stringify(LIBC)};
-      const fd = Number(process.env.MINIVMM_CPR_STATE.split(',')[0]); // the hand-off is "<fd>,<saved>,<sent>"
+      const fd = Number(process.env.MINIVMM_CPR_STATE.split(',')[0]); // the hand-off is "<fd>,<saved>,<sent>,<keeper>"
       let write = 'OK'; try { L.write('write', fd, Buffer.from('x')); } catch (e) { write = e.code; }
       let truncate = 'OK'; try { L.ftruncate(fd, 0); } catch (e) { truncate = e.code; }
       console.log(JSON.stringify({ seals: L.fcntl(fd, L.F_GET_SEALS), write, truncate }));\n`);

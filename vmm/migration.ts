@@ -16,6 +16,8 @@ export interface UpdateResult {
   path: string;
   phases: Record<string, number>;
   devices: { index: number; path: string; note?: string; timings: Record<string, number> }[];
+  /** cpr-exec: the old address space held by a keeper until the guest ran again (its teardown out of the blackout), or torn down by the exec. */
+  oldAddressSpace?: 'kept until resume' | 'torn down by exec';
 }
 
 export class Migration {

@@ -107,7 +107,7 @@ export function migrationInfo(m: Migration, now = process.hrtime.bigint()): Reco
     out['setup-time'] = Math.round(l.setup);
     out.downtime = Math.round(l.downtime);
     out['x-rolled-back'] = false;
-    out['x-cpr'] = { n: l.n, mode: l.mode, path: l.path, downtime: l.downtime, setup: l.setup, phases: l.phases, devices: l.devices };
+    out['x-cpr'] = { n: l.n, mode: l.mode, path: l.path, downtime: l.downtime, setup: l.setup, phases: l.phases, devices: l.devices, ...(l.oldAddressSpace ? { 'old-address-space': l.oldAddressSpace } : {}) };
   }
   return out;
 }

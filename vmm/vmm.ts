@@ -56,6 +56,8 @@ export interface Arrival {
   arrived: bigint; // this image: first JS statement / message received
   loaded: bigint; // this image: modules loaded
   decoded?: bigint; // this image: state decoded (then the accelerator opened); absent: at once
+  /** cpr-exec: whether a keeper held the old image's address space until the resume, or the exec tore it down. */
+  oldAddressSpace?: UpdateResult['oldAddressSpace'];
 }
 
 export interface RestoreOptions {
@@ -340,6 +342,7 @@ function updateResult(u: UpdateRecord, a: Arrival, t: { decoded: bigint; vm: big
     path: devices.length === 0 ? 'none' : devices.some((d) => d.path === 'fallback') ? 'fallback' : 'new-owner',
     devices,
     downtime: round(ms(u.t.pauseStart, t.resumed)),
+    ...(a.oldAddressSpace ? { oldAddressSpace: a.oldAddressSpace } : {}),
     setup: round(ms(u.t.requested ?? u.t.pauseStart, u.t.pauseStart)),
     phases: {
       pause: round(ms(u.t.pauseStart, u.t.paused)),

@@ -18,7 +18,7 @@ export async function captureRealBlob(extraArgs: string[] = []): Promise<Buffer>
   try {
     await vm.waitFor(/counter \d+/);
     const c = await vm.qmp();
-    const wrapper = `cat /proc/self/fd/\${MINIVMM_CPR_STATE%%,*} > '${out}'; exec "$0" "$@"`; // the hand-off is "<fd>,<saved>,<sent>"
+    const wrapper = `cat /proc/self/fd/\${MINIVMM_CPR_STATE%%,*} > '${out}'; exec "$0" "$@"`; // the hand-off is "<fd>,<saved>,<sent>,<keeper>"
     await c.execute('migrate-set-parameters', {
       mode: 'cpr-exec',
       'cpr-exec-command': ['/bin/sh', '-c', wrapper, process.execPath, BIN, 'run', ...args, '--qmp', vm.qmpPath],
