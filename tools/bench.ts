@@ -1,5 +1,6 @@
 // `npm run bench`: the performance story. Reports, never fails a test run.
 //   npm run bench -- [--sizes 1G,2G,4G,8G,16G] [--updates N] [--json] [--pin-cost-ms-per-gib N]
+//                    [--accel kvm,emu] [--only node,ram,misc,emu,touched]
 // 1. Live-update blackout of `netloop` on an embedded net,pa device (it pins, like hardware)
 //    against guest RAM size, interleaved in one VM: cpr-exec on the new-owner path, cpr-exec on
 //    the forced fallback (reopen + re-pin), and cpr-transfer to a pre-started process.
@@ -9,6 +10,8 @@
 // 3. QMP round trip; host-driven frames/s through the embedded device's loopback.
 // 4. The emu accelerator's speed: guest instructions per second on counter and memtest (and, where
 //    /dev/kvm exists, against KVM in the same run).
+// 5. `--only touched` (not in the default set: it writes all of RAM): cpr-exec of a guest that has
+//    written every page of its RAM, per accelerator and size (--touched-sizes, --touched-runs).
 import { parseArgs } from 'node:util';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
@@ -182,6 +185,32 @@ async function againstNode(dir: string, n: number, accel: string): Promise<Recor
   return out;
 }
 
+/**
+ * cpr-exec of a guest that has written every page of its RAM (`counter touch=1`), so the old
+ * image's page tables map all of it: one update per fresh VM (the new image maps pages again
+ * only as the guest touches them), `runs` VMs per size and accelerator.
+ */
+interface TouchedResult { accel: string; size: string; gib: number; median_ms: number; exec_ms: number; old_address_space: string; n: number }
+async function touchedRam(dir: string, sizes: string[], runs: number, accels: string[]): Promise<TouchedResult[]> {
+  const out: TouchedResult[] = [];
+  for (const accel of accels) {
+    for (const size of sizes) {
+      const downs: number[] = [], execs: number[] = [];
+      let kept = '';
+      for (let i = 0; i < runs; i++) {
+        progress(`touched RAM: ${accel} ${size}: VM ${i + 1}/${runs}, writing every page...`);
+        const vm = await startVm(['--guest', 'counter', '--memory', size, '--append', 'touch=1', '--accel', accel], dir, /^counter /m);
+        const r = await update(vm) as Update & { 'x-cpr': { 'old-address-space'?: string } };
+        downs.push(r['x-cpr'].downtime); execs.push(r['x-cpr'].phases.exec);
+        kept = r['x-cpr']['old-address-space'] ?? 'torn down by exec';
+        await vm.stop();
+      }
+      out.push({ accel, size, gib: parseSize(size) / 2 ** 30, median_ms: r1(median(downs)), exec_ms: r1(median(execs)), old_address_space: kept, n: runs });
+    }
+  }
+  return out;
+}
+
 async function startupTimes(dir: string, n: number, accel = 'auto'): Promise<number[]> {
   const out: number[] = [];
   for (let i = 0; i < n; i++) {
@@ -257,6 +286,7 @@ async function main(): Promise<void> {
     sizes: { type: 'string', default: '1G,2G,4G,8G,16G' }, updates: { type: 'string', default: '10' }, json: { type: 'boolean', default: false },
     'pin-cost-ms-per-gib': { type: 'string' }, quick: { type: 'boolean', default: false },
     accel: { type: 'string', default: 'auto' }, only: { type: 'string', default: 'node,ram,misc,emu' },
+    'touched-sizes': { type: 'string', default: '1G,4G' }, 'touched-runs': { type: 'string', default: '3' },
   } });
   const only = new Set((values.only as string).split(','));
   const accels = (values.accel as string).split(',');
@@ -266,7 +296,9 @@ async function main(): Promise<void> {
   const pinCost = values['pin-cost-ms-per-gib'] !== undefined ? Number(values['pin-cost-ms-per-gib']) : undefined;
   const dir = mkdtempSync(join(tmpdir(), 'minivmm-bench-'));
   build = copyBuild(ROOT, join(dir, 'build'));
-  const command = `npm run bench -- --sizes ${values.sizes} --updates ${n} --accel ${values.accel} --only ${values.only}`;
+  const touchedSizes = (values['touched-sizes'] as string).split(',');
+  touchedSizes.forEach(parseSize);
+  const command = `npm run bench -- --sizes ${values.sizes} --updates ${n} --accel ${values.accel} --only ${values.only}${only.has('touched') ? ` --touched-sizes ${values['touched-sizes']} --touched-runs ${values['touched-runs']}` : ''}`;
   const machine = machineInfo();
   try {
     const vsNode: Record<string, Record<string, Paired>> = {};
@@ -280,12 +312,13 @@ async function main(): Promise<void> {
     const loopback = misc ? loopbackFramesPerSecond() : {};
     if (only.has('emu')) progress('emu: guest instructions per second (counter, memtest)...');
     const emu: EmuBenchResult[] = only.has('emu') ? await emuSpeed({ kvm: existsSync('/dev/kvm') }) : [];
+    const touched = only.has('touched') ? await touchedRam(dir, touchedSizes, Number(values['touched-runs']), accels) : [];
     progress('');
     const byPath = (p: string) => results.filter((r) => r.path === p) as { gib: number; median_ms: number; size: string }[];
     const slopes = Object.fromEntries(KINDS.map((p) => [p, r2(slope(byPath(p).map((r) => [r.gib, r.median_ms])))]));
     const ratios = Object.fromEntries(byPath('new-owner').map((r) => [r.size, r2((byPath('fallback').find((f) => f.size === r.size)?.median_ms ?? NaN) / r.median_ms)]));
     const out = {
-      machine, command, against_node: vsNode, emu_instructions_per_s: emu, results,
+      machine, command, against_node: vsNode, emu_instructions_per_s: emu, touched_ram: touched, results,
       slope_ms_per_gib: slopes, ratio_fallback_over_new_owner: ratios,
       startup_to_first_instruction_ms: { median: r1(median(startup)), p90: r1(quantile(startup, 0.9)), n: startup.length },
       qmp_round_trip_ms: { median: r2(median(qmp)), p90: r2(quantile(qmp, 0.9)), n: qmp.length },
@@ -309,6 +342,11 @@ async function main(): Promise<void> {
       if (d && z) console.log(`devices add ${r1(d.median_ms - z.median_ms)} ms to a cpr-exec blackout (target <= 5 ms); phases with devices: ${Object.entries(d.phases ?? {}).map(([k, v]) => `${k} ${v}`).join(', ')}`);
     }
     if (emu.length) { console.log(''); for (const r of emu) console.log(describeEmuResult(r)); }
+    if (touched.length) {
+      console.log('\ncpr-exec of a guest that wrote every page of its RAM (counter touch=1; one update per fresh VM)');
+      console.log('accel  size  blackout median  exec phase  old address space');
+      for (const t of touched) console.log(`${t.accel.padEnd(5)} ${t.size.padStart(5)} ${String(t.median_ms).padStart(16)} ${String(t.exec_ms).padStart(11)}  ${t.old_address_space} (${t.n} VMs)`);
+    }
     if (!results.length && !misc) { console.log(`\nwritten: ${stem}.json`); return; }
     console.log(`\nlive-update blackout, netloop on sim:net,pa, ${n} updates per kind and size (ms; phases are medians)`);
     console.log('cpr-exec new-owner, cpr-exec fallback (forced), cpr-transfer (new-owner); "handoff" is the exec or the fd transfer');
