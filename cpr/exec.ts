@@ -94,7 +94,7 @@ function accelArg(argv: string[]): AccelChoice | undefined {
 export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void> {
   const argv = command ?? defaultCommand();
   await warmUpCodec();
-  const noKeeper = loadKeeper();
+  loadKeeper(); // dlopen before the pause; startKeeper reports if it failed
   const u = await vmm.beginUpdate('cpr-exec');
   if (!u) return;
   const keptOpen: number[] = [];
@@ -111,9 +111,7 @@ export async function cprExec(vmm: Vmm, command: string[] | null): Promise<void>
       if (isCloexec(fd)) { setCloexec(fd, false); keptOpen.push(fd); }
     }
     // Without a keeper the exec still works; it tears the address space down inside the blackout.
-    if (noKeeper === null) {
-      try { keeper = startKeeper(); } catch (e) { process.stderr.write(`minivmm: ${(e as Error).message}; the exec tears the old address space down inside the blackout\n`); }
-    } else process.stderr.write(`minivmm: no address-space keeper (${noKeeper}); the exec tears the old address space down inside the blackout\n`);
+    try { keeper = startKeeper(); } catch (e) { process.stderr.write(`minivmm: ${(e as Error).message}; the exec tears the old address space down inside the blackout\n`); }
     execve(resolveCommand(argv[0]), argv, { ...leanEnv(process.env), ...handoffEnv({ stateFd, saved, sent: now(), keeper }) });
   } catch (e) {
     // Still the old image: every kept fd gets CLOEXEC again, the keeper goes (it shares our

@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import ffi from './ffi.js';
-import { SyscallError, reapChild, processAlive } from './libc.js';
+import { SyscallError, reapWhenExited } from './libc.js';
 
 const { DataType: T } = ffi;
 const LIB = 'minivmm-keeper';
@@ -31,15 +31,11 @@ export function startKeeper(): number {
 
 /**
  * Ends a keeper and reaps it. The kill returns at once; the keeper's exit (the old address
- * space's teardown) runs on whatever CPU is free. The reaping polls (WNOHANG) from a timer rather
- * than waiting in waitpid on a pool thread: the vCPUs' run loops need those threads.
+ * space's teardown) runs on whatever CPU is free, and the reaping waits for it from a timer.
  */
 export async function releaseKeeper(pid: number, boundMs = 30_000): Promise<void> {
   try { process.kill(pid, 'SIGKILL'); } catch (e) { if ((e as { code?: string }).code !== 'ESRCH') throw e; }
-  const deadline = Date.now() + boundMs;
-  while (!reapChild(pid)) {
-    if (!processAlive(pid)) return; // gone, reaped by someone else (SIGCHLD ignored: no zombie)
-    if (Date.now() > deadline) throw new Error(`the address-space keeper ${pid} did not exit within ${boundMs} ms of SIGKILL`);
-    await new Promise((r) => setTimeout(r, 5).unref());
-  }
+  await reapWhenExited(pid, boundMs).catch(() => {
+    throw new Error(`the address-space keeper ${pid} did not exit within ${boundMs} ms of SIGKILL`);
+  });
 }

@@ -3,7 +3,7 @@
 // "KVM_CREATE_VM failed: EACCES (Permission denied)".
 import ffi from './ffi.js';
 import { constants } from 'node:os';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 
 const { DataType: T } = ffi;
 ffi.open({ library: 'libc', path: '' });
@@ -154,6 +154,23 @@ export const tgkill = (tgid: number, tid: number, sig: number): void => {
 /** Reaps `pid` if it is an exited child of ours (WNOHANG); false if it is not (yet), or not ours. */
 export function reapChild(pid: number): boolean {
   try { return sys('waitpid', 'waitpid', [T.I32, T.U64, T.I32], [pid, 0, 1 /* WNOHANG */]) === pid; } catch { return false; /* ECHILD: not (or no longer) our child */ }
+}
+/**
+ * Reaps child `pid` once the kernel lets us, trying WNOHANG from a timer: a killed multithreaded
+ * process shows as a zombie before waitpid can take it (its other threads are still exiting), so
+ * one try can miss; and a blocking waitpid would hold a libuv pool thread, which the vCPUs' run
+ * loops need. Resolves when reaped or gone (reaped elsewhere); rejects after `boundMs`.
+ */
+export function reapWhenExited(pid: number, boundMs = Infinity): Promise<void> {
+  const done = (): boolean => reapChild(pid) || !existsSync(`/proc/${pid}`);
+  if (done()) return Promise.resolve();
+  const deadline = Date.now() + boundMs;
+  return new Promise((resolve, reject) => {
+    const timer = setInterval(() => {
+      if (done()) { clearInterval(timer); resolve(); } else if (Date.now() > deadline) { clearInterval(timer); reject(new Error(`process ${pid} was not reaped within ${boundMs} ms`)); }
+    }, 20);
+    timer.unref();
+  });
 }
 export const pidfdOpen = (pid: number): number =>
   sys('pidfd_open', 'syscall', [T.I64, T.I64, T.I64], [SYS_pidfd_open, pid, 0]);

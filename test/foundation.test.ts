@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { openSync, writeFileSync, closeSync, readFileSync } from 'node:fs';
 import { ACCEL, describeWith, missing } from './facility.js';
-import { BUILD, runMinivmm, VmProcess, counterValues, tempDir, writeTinyElf } from './harness.js';
+import { BUILD, runMinivmm, VmProcess, counterValues, tempDir, writeTinyElf, waitUntil } from './harness.js';
 import { encodeState, loadEncoder, type CprState } from '../cpr/envelope.js';
 import { plausibleState } from './fuzz/state.js';
 import { withoutAccelNotice } from './fuzz/real.js';
@@ -325,13 +325,6 @@ describeWith(['guest'], 'cpr-exec live update of the counter guest', () => {
 function childrenOf(pid: number): number[] {
   try { return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number); } catch { return []; }
 }
-async function until(what: string, test: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!test()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describeWith(['guest'], 'the address-space keeper of a cpr-exec', () => {
   it('holds the old address space of a guest that touched all its RAM until the guest runs, then is reaped', async () => {
@@ -346,7 +339,7 @@ describeWith(['guest'], 'the address-space keeper of a cpr-exec', () => {
         expect(r.status, JSON.stringify(r)).toBe('completed');
         expect(r['x-cpr']['old-address-space']).toBe('kept until resume');
         await vm.waitFor(/counter \d+ tsc \d+ round \d+\n/, 10_000, mark);
-        await until('the keeper to be reaped', () => childrenOf(vm.pid).length === 0);
+        await waitUntil(() => childrenOf(vm.pid).length === 0, 5000, 'the keeper to be reaped');
       }
       expect(vm.stdout).not.toMatch(/MISMATCH/);
       expect(vm.stderr).not.toMatch(/keeper/);
@@ -360,11 +353,11 @@ describeWith(['guest'], 'the address-space keeper of a cpr-exec', () => {
       const { runUpdate } = await import('../vmm/update.js');
       const update = runUpdate(vm.qmpPath, ['/bin/sleep', '30'], 3000).catch(() => undefined);
       const comm = () => { try { return readFileSync(`/proc/${vm.pid}/comm`, 'utf8').trim(); } catch { return ''; } };
-      await until('the exec into sleep', () => comm() === 'sleep');
+      await waitUntil(() => comm() === 'sleep', 5000, 'the exec into sleep');
       const keepers = childrenOf(vm.pid);
       expect(keepers).toHaveLength(1); // the keeper outlived the old image
       process.kill(vm.pid, 'SIGKILL');
-      await until('the keeper to die with the VMM process', () => !processAlive(keepers[0]));
+      await waitUntil(() => !processAlive(keepers[0]), 5000, 'the keeper to die with the VMM process');
       await vm.exited;
       await update;
     } finally { await vm.kill(); }

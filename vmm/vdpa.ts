@@ -1,7 +1,7 @@
 // `--vdpa` devices: a vhost-vdpa node path, or `sim:` and an embedded device spec without a name
 // (devices/vdpa/spec.ts: `sim:net|blk[,va|pa][,no-new-owner][,...]`), served by the embedded
 // device daemon (started here, for the VM's lifetime: it survives our exec).
-import { mkdtempSync, rmdirSync, unlinkSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmdirSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostVdpa } from '../devices/vhost-vdpa.js';
@@ -9,7 +9,7 @@ import { VIRTIO_MMIO_SIZE } from '../devices/virtio-mmio.js';
 import type { Machine } from './machine.js';
 import type { GuestMemory } from '../src/memory.js';
 import type { DaemonRef } from './state.js';
-import { prlimit, RLIMIT_MEMLOCK, processAlive, reapChild } from '../src/libc.js';
+import { prlimit, RLIMIT_MEMLOCK, processAlive, reapWhenExited } from '../src/libc.js';
 import type { BootDevice } from './boot.js';
 import { log } from './log.js';
 import { DeviceSpecError, parseDeviceSpec, type DeviceSpec } from '../devices/vdpa/spec.js';
@@ -145,16 +145,6 @@ export function watchDaemon(vmm: DaemonOwner): void {
 }
 
 /**
- * Reaps `pid` as soon as the kernel lets us: a killed multithreaded process shows as a zombie
- * before waitpid can take it (its other threads are still exiting), so one WNOHANG try can miss.
- */
-function reapWhenDone(pid: number): void {
-  if (reapChild(pid)) return;
-  const timer = setInterval(() => { if (reapChild(pid) || !existsSync(`/proc/${pid}`)) clearInterval(timer); }, 20);
-  timer.unref();
-}
-
-/**
  * Starts the daemon again if it is gone (same arguments, same mount); true if it did. Also used by
  * a new image whose daemon died during the update, before it brings the devices up again.
  */
@@ -168,7 +158,7 @@ export async function restartDaemonIfGone(vmm: DaemonOwner, waitMs = 0): Promise
   // Our child since the first image (exec keeps the pid), which Node no longer tracks after an
   // exec: reap it, or it stays a zombie until the VM ends. A killed multi-threaded process shows
   // as a zombie before its last thread is gone, and cannot be reaped until then: keep trying.
-  reapWhenDone(d.pid);
+  void reapWhenExited(d.pid);
   const { spawnVdpaDaemon } = await import('../devices/vdpa/launch.js');
   process.stderr.write(`minivmm: vdpa daemon (pid ${d.pid}) is gone; restarting it\n`);
   const { pid } = await spawnVdpaDaemon(d.dir, d.args);

@@ -161,8 +161,8 @@ export class Vmm implements MonitorTarget {
     opts.beforeResume?.();
     vmm.machine.start();
     t.resumed = now();
+    for (const d of vmm.vdpa) d.notifyAll(); // notifications lost in the pause: the guest's, before housekeeping
     opts.afterResume?.();
-    for (const d of vmm.vdpa) d.notifyAll(); // notifications lost in the pause
 
     const u = state.update;
     const result = updateResult(u, arrival, t, devices);
